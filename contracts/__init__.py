@@ -1,0 +1,1 @@
+"""The wire: msgspec Structs for HTTP bodies, DTOs and NATS messages. Depends on msgspec only."""

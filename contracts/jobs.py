@@ -1,0 +1,120 @@
+"""Library jobs on the wire (SPEC §2.3, §2.4): the DTO, its config and the create/patch bodies."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+from uuid import UUID
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+RefreshScope = Literal["series_only", "books_only", "series_and_books"]
+RunStatus = Literal["success", "partial", "failure"]
+
+
+class MetadataRefreshConfigDto(
+    msgspec.Struct, tag="metadata_refresh", tag_field="type", rename="camel", kw_only=True
+):
+    """A job's config as stored and served: every key present."""
+
+    provider: str
+    scope: RefreshScope
+    field_groups: list[str]
+    extra_fields: list[str]
+    book_field_groups: list[str]
+    book_extra_fields: list[str]
+    existing_source_ids_only: bool
+    skip_recently_synced_within_s: int
+    max_concurrency: int
+
+
+LibraryJobConfigDto = MetadataRefreshConfigDto
+
+
+class MetadataRefreshConfigInput(
+    msgspec.Struct,
+    tag="metadata_refresh",
+    tag_field="type",
+    rename="camel",
+    kw_only=True,
+    forbid_unknown_fields=True,
+):
+    """A config as a client sends it: omitted keys take their defaults during validation."""
+
+    provider: str
+    scope: RefreshScope = "series_only"
+    field_groups: list[str] | UnsetType = UNSET
+    extra_fields: list[str] = msgspec.field(default_factory=list)
+    book_field_groups: list[str] | UnsetType = UNSET
+    book_extra_fields: list[str] = msgspec.field(default_factory=list)
+    existing_source_ids_only: bool = True
+    skip_recently_synced_within_s: int = 3600
+    max_concurrency: int = 4
+
+
+LibraryJobConfigInput = MetadataRefreshConfigInput
+
+
+class LibraryJobDto(msgspec.Struct, rename="camel", kw_only=True):
+    id: UUID
+    library_id: UUID
+    name: str
+    enabled: bool
+    cron_schedule: str
+    timezone: str | None
+    config: LibraryJobConfigDto
+    last_run_at: datetime | None
+    last_run_status: RunStatus | None
+    last_run_message: str | None
+    created_at: datetime
+    updated_at: datetime
+    version: int
+    next_run_at: datetime | None
+    current_run_id: UUID | None
+
+
+class ListLibraryJobsResponse(msgspec.Struct):
+    jobs: list[LibraryJobDto]
+
+
+class CreateLibraryJobRequest(msgspec.Struct, rename="camel", kw_only=True, forbid_unknown_fields=True):
+    cron_schedule: str
+    config: LibraryJobConfigInput
+    name: str | None = None
+    enabled: bool = False
+    timezone: str | None = None
+
+
+class PatchLibraryJobRequest(msgspec.Struct, rename="camel", kw_only=True, forbid_unknown_fields=True):
+    """Every field optional. `timezone` is tri-state: absent keeps, null clears, a value sets."""
+
+    name: str | None | UnsetType = UNSET
+    enabled: bool | None | UnsetType = UNSET
+    cron_schedule: str | None | UnsetType = UNSET
+    timezone: str | None | UnsetType = UNSET
+    config: LibraryJobConfigInput | None | UnsetType = UNSET
+
+
+class FieldGroupDto(msgspec.Struct):
+    id: str
+    label: str
+    fields: list[str]
+
+
+class PluginDto(msgspec.Struct, rename="camel", kw_only=True):
+    """A configured provider plugin. `manifest` fields are null until the plugin has been started once."""
+
+    name: str
+    provider: str
+    enabled: bool
+    capabilities: list[str]
+    permissions: list[str]
+    version: str | None
+    protocol_version: str | None
+    status: Literal["not_started", "ready", "failed"]
+    error: str | None
+
+
+class ListPluginsResponse(msgspec.Struct):
+    plugins: list[PluginDto]
