@@ -1,0 +1,171 @@
+"""The catalog read model: libraries, series and books with their DTO bytes, and sorted pages."""
+
+from __future__ import annotations
+
+import base64
+import bisect
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import msgspec
+
+from contracts.catalog import LibraryDto
+from service.domain.catalog import Book, CatalogItem, Library, Series
+
+_encode = msgspec.json.encode
+SortKey = tuple[str, str]
+
+
+@dataclass
+class LibraryRow:
+    id: UUID
+    name: str
+    created_at: datetime
+    updated_at: datetime
+    json: bytes = b""
+
+
+@dataclass
+class ItemRow:
+    """A series or a book; `state` is the wire body the library server sent (camelCase JSON values)."""
+
+    id: UUID
+    library_id: UUID
+    state: dict[str, Any]
+    updated_at: datetime
+    json: bytes = b""
+
+    @property
+    def sort_key(self) -> SortKey:
+        return (str(self.state.get("titleSort") or self.state["title"]).casefold(), str(self.id))
+
+
+def _encode_item(row: ItemRow, is_book: bool) -> bytes:
+    """The SeriesDto / BookDto bytes: the stored wire body plus ids, every key present, in DTO order."""
+    s = row.state
+    dto: dict[str, Any] = {"id": row.id, "libraryId": row.library_id}
+    if is_book:
+        dto["seriesId"] = s["seriesId"]
+    dto |= {
+        "title": s["title"],
+        "titleSort": s.get("titleSort") or s["title"],
+        "metadata": s.get("metadata", {}),
+        "locks": s.get("locks", []),
+        "externalIds": s.get("externalIds", []),
+        "updatedAt": row.updated_at,
+    }
+    return _encode(dto)
+
+
+@dataclass
+class ItemIndex:
+    """Items of one kind, by id and, per library, in (title sort, id) order for paging."""
+
+    is_book: bool
+    rows: dict[UUID, ItemRow] = field(default_factory=dict)
+    order: dict[UUID, list[SortKey]] = field(default_factory=dict)
+
+    def put(self, row: ItemRow) -> None:
+        self.remove(row.id)
+        row.json = _encode_item(row, self.is_book)
+        self.rows[row.id] = row
+        bisect.insort(self.order.setdefault(row.library_id, []), row.sort_key)
+
+    def remove(self, item_id: UUID) -> None:
+        old = self.rows.pop(item_id, None)
+        if old is not None:
+            keys = self.order[old.library_id]
+            del keys[bisect.bisect_left(keys, old.sort_key)]
+
+    def page_json(self, library_id: UUID, cursor: str | None, limit: int, key: str) -> bytes:
+        keys = self.order.get(library_id, [])
+        start = bisect.bisect_right(keys, decode_cursor(cursor)) if cursor else 0
+        chosen = keys[start : start + limit]
+        next_cursor = encode_cursor(chosen[-1]) if start + limit < len(keys) and chosen else None
+        items = b",".join(self.rows[UUID(k[1])].json for k in chosen)
+        return b'{"%s":[%s],"nextCursor":%s}' % (key.encode(), items, _encode(next_cursor))
+
+    def ids_in(self, library_id: UUID) -> tuple[UUID, ...]:
+        return tuple(UUID(k[1]) for k in self.order.get(library_id, []))
+
+
+class BadCursor(ValueError):
+    """A `cursor` query parameter that this service did not hand out."""
+
+
+def encode_cursor(key: SortKey) -> str:
+    return base64.urlsafe_b64encode(_encode(key)).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> SortKey:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        title, item_id = msgspec.json.decode(raw, type=tuple[str, str])
+    except (ValueError, msgspec.DecodeError) as e:
+        raise BadCursor(f"invalid cursor {cursor!r}") from e
+    return title, item_id
+
+
+@dataclass
+class CatalogView:
+    libraries: dict[UUID, LibraryRow] = field(default_factory=dict)
+    series: ItemIndex = field(default_factory=lambda: ItemIndex(is_book=False))
+    books: ItemIndex = field(default_factory=lambda: ItemIndex(is_book=True))
+    # Later events carry only the aggregate id; the first one names the library server's id.
+    _known: dict[UUID, tuple[UUID, datetime]] = field(default_factory=dict)
+    _libraries_json: bytes | None = None
+
+    def apply(self, event: Any) -> bool:
+        """Applies one stored event; True when it changed the catalog."""
+        if isinstance(event, Library.Event):
+            self._apply_library(event)
+            return True
+        if isinstance(event, Series.Event | Book.Event):
+            self._apply_item(self.books if isinstance(event, Book.Event) else self.series, event)
+            return True
+        return False
+
+    def _apply_library(self, event: Library.Event) -> None:
+        self._libraries_json = None
+        if isinstance(event, Library.Registered):
+            self._known[event.originator_id] = (event.library_id, event.timestamp)
+        library_id, created_at = self._known[event.originator_id]
+        if isinstance(event, Library.Deleted):
+            self.libraries.pop(library_id, None)
+            return
+        assert isinstance(event, Library.Registered | Library.Renamed)
+        if library_id not in self.libraries:  # new, or registered again after a delete
+            self._known[event.originator_id] = (library_id, event.timestamp)
+            created_at = event.timestamp
+        row = LibraryRow(library_id, event.name, created_at, event.timestamp)
+        row.json = _encode(
+            LibraryDto(id=row.id, name=row.name, created_at=row.created_at, updated_at=row.updated_at)
+        )
+        self.libraries[library_id] = row
+
+    def _apply_item(self, index: ItemIndex, event: CatalogItem.Event) -> None:
+        if isinstance(event, CatalogItem.Upserted):
+            self._known[event.originator_id] = (event.item_id, event.timestamp)
+        item_id, _ = self._known[event.originator_id]
+        if isinstance(event, CatalogItem.Deleted):
+            index.remove(item_id)
+            return
+        assert isinstance(event, CatalogItem.Upserted | CatalogItem.Changed)
+        index.put(ItemRow(item_id, event.library_id, event.state, event.timestamp))
+
+    # --- queries ------------------------------------------------------------------------------------
+
+    def library_exists(self, library_id: UUID) -> bool:
+        return library_id in self.libraries
+
+    def libraries_json(self) -> bytes:
+        if self._libraries_json is None:
+            rows = sorted(self.libraries.values(), key=lambda r: (r.created_at, str(r.id)))
+            self._libraries_json = b'{"libraries":[' + b",".join(r.json for r in rows) + b"]}"
+        return self._libraries_json
+
+    def item_json(self, index: ItemIndex, library_id: UUID, item_id: UUID) -> bytes | None:
+        row = index.rows.get(item_id)
+        return row.json if row is not None and row.library_id == library_id else None

@@ -1,0 +1,135 @@
+"""The jobs read model: every live job's `LibraryJobDto`, encoded once when an event changes it.
+
+`GET …/jobs/{id}` is a dict lookup of ready bytes; `GET …/jobs` joins a library's ready bytes once and
+keeps the result until one of that library's jobs changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import msgspec
+
+from contracts.jobs import LibraryJobDto, MetadataRefreshConfigDto
+from service.domain.cron import parse_cron
+from service.domain.jobs import JobDefinition, LibraryJob
+from service.domain.timezones import zone
+
+_encode = msgspec.json.encode
+
+
+@dataclass
+class JobRow:
+    id: UUID
+    library_id: UUID
+    definition: JobDefinition
+    enabled: bool
+    created_at: datetime
+    updated_at: datetime
+    version: int
+    last_run_at: datetime | None = None
+    last_run_status: str | None = None
+    last_run_message: str | None = None
+    next_run_at: datetime | None = None
+    current_run_id: UUID | None = None
+    json: bytes = b""
+
+    def to_dto(self) -> LibraryJobDto:
+        config = self.definition.config.to_dict()
+        del config["type"]  # the Struct's tag writes it
+        return LibraryJobDto(
+            id=self.id,
+            library_id=self.library_id,
+            name=self.definition.name,
+            enabled=self.enabled,
+            cron_schedule=self.definition.cron_schedule,
+            timezone=self.definition.timezone,
+            config=MetadataRefreshConfigDto(**config),
+            last_run_at=self.last_run_at,
+            last_run_status=self.last_run_status,  # type: ignore[arg-type]
+            last_run_message=self.last_run_message,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+            version=self.version,
+            next_run_at=self.next_run_at,
+            current_run_id=self.current_run_id,
+        )
+
+
+@dataclass
+class JobsView:
+    """Pure state: apply events in store order; read ready-encoded JSON."""
+
+    default_timezone: str = "UTC"
+    rows: dict[UUID, JobRow] = field(default_factory=dict)
+    by_library: dict[UUID, dict[UUID, None]] = field(default_factory=dict)  # insertion = createdAt order
+    _lists: dict[UUID, bytes] = field(default_factory=dict)
+
+    def apply(self, event: Any) -> UUID | None:
+        """Applies one stored event; returns the id of the job it changed, if any."""
+        if not isinstance(event, LibraryJob.Event):
+            return None
+        job_id: UUID = event.originator_id
+        if isinstance(event, LibraryJob.Created):
+            row = JobRow(
+                id=job_id,
+                library_id=event.library_id,
+                definition=JobDefinition.from_dict(event.definition),
+                enabled=event.enabled,
+                created_at=event.timestamp,
+                updated_at=event.timestamp,
+                version=event.job_version,
+            )
+            self.rows[job_id] = row
+            self.by_library.setdefault(row.library_id, {})[job_id] = None
+        else:
+            found = self.rows.get(job_id)
+            if found is None:
+                return None
+            row = found
+            if isinstance(event, LibraryJob.Deleted):
+                del self.rows[job_id]
+                self.by_library.get(row.library_id, {}).pop(job_id, None)
+                self._lists.pop(row.library_id, None)
+                return job_id
+            if isinstance(event, LibraryJob.Updated):
+                row.definition = JobDefinition.from_dict(event.definition)
+            elif isinstance(event, LibraryJob.Enabled | LibraryJob.Disabled):
+                row.enabled = isinstance(event, LibraryJob.Enabled)
+            else:
+                return None
+            row.version = event.job_version
+            row.updated_at = event.timestamp
+        row.next_run_at = self._next_run(row, after=event.timestamp)
+        row.json = _encode(row.to_dto())
+        self._lists.pop(row.library_id, None)
+        return job_id
+
+    def _next_run(self, row: JobRow, after: datetime) -> datetime | None:
+        if not row.enabled:
+            return None
+        definition = row.definition
+        schedule = parse_cron(definition.cron_schedule, min_interval_s=0)
+        return schedule.next_after(after, zone(definition.timezone or self.default_timezone))
+
+    # --- queries ------------------------------------------------------------------------------------
+
+    def job_json(self, library_id: UUID, job_id: UUID) -> tuple[bytes, int] | None:
+        row = self.rows.get(job_id)
+        if row is None or row.library_id != library_id:
+            return None
+        return row.json, row.version
+
+    def jobs_json(self, library_id: UUID) -> bytes:
+        cached = self._lists.get(library_id)
+        if cached is None:
+            ids = self.by_library.get(library_id, {})
+            cached = b'{"jobs":[' + b",".join(self.rows[i].json for i in ids) + b"]}"
+            self._lists[library_id] = cached
+        return cached
+
+    def job_ids(self, library_id: UUID) -> tuple[UUID, ...]:
+        return tuple(self.by_library.get(library_id, {}))

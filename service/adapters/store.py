@@ -1,0 +1,128 @@
+"""The event store: eventsourcing's SQLite (embedded default) or PostgreSQL recorder, and reading it in order."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import psycopg
+from eventsourcing.application import Application
+
+log = logging.getLogger("libjobs.store")
+
+
+@dataclass(frozen=True)
+class PostgresTarget:
+    host: str
+    port: int
+    dbname: str
+    user: str
+    password: str
+    schema: str
+
+    @classmethod
+    def from_url(cls, url: str) -> PostgresTarget:
+        parts = urlsplit(url)
+        query = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p)
+        return cls(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 5432,
+            dbname=unquote(parts.path.lstrip("/")) or "postgres",
+            user=unquote(parts.username or "postgres"),
+            password=unquote(parts.password or ""),
+            schema=query.get("schema", "public"),
+        )
+
+    def conninfo(self) -> str:
+        return psycopg.conninfo.make_conninfo(
+            host=self.host, port=self.port, dbname=self.dbname, user=self.user, password=self.password
+        )
+
+
+def store_env(
+    *, data_dir: Path, database_url: str | None, pool_size: int, lock_timeout_s: int
+) -> dict[str, str]:
+    """The eventsourcing environment for the configured store."""
+    if database_url is None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        return {
+            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "SQLITE_DBNAME": str(data_dir / "events.sqlite3"),
+            "SQLITE_LOCK_TIMEOUT": str(lock_timeout_s),
+        }
+    target = PostgresTarget.from_url(database_url)
+    ensure_schema(target)
+    return {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": target.dbname,
+        "POSTGRES_HOST": target.host,
+        "POSTGRES_PORT": str(target.port),
+        "POSTGRES_USER": target.user,
+        "POSTGRES_PASSWORD": target.password,
+        "POSTGRES_SCHEMA": target.schema,
+        "POSTGRES_POOL_SIZE": str(pool_size),
+        "POSTGRES_MAX_OVERFLOW": "0",
+        "POSTGRES_LOCK_TIMEOUT": str(lock_timeout_s),
+        "POSTGRES_CONNECT_TIMEOUT": "10",
+        "POSTGRES_PRE_PING": "y",
+        # In 9.5.6 the DB functions drop tracking records (ARCHITECTURE.md): keep them off.
+        "POSTGRES_ENABLE_DB_FUNCTIONS": "n",
+    }
+
+
+def ensure_schema(target: PostgresTarget) -> None:
+    """eventsourcing creates tables but not the schema they live in."""
+    with psycopg.connect(target.conninfo(), autocommit=True, connect_timeout=10) as conn:
+        conn.execute(
+            psycopg.sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(psycopg.sql.Identifier(target.schema))
+        )
+
+
+class StoreReader:
+    """Reads stored events in global order, decoded to domain events."""
+
+    def __init__(self, app: Application[Any]) -> None:
+        self._recorder = app.recorder
+        self._mapper = app.mapper
+
+    def read(self, after: int, limit: int = 1000) -> list[tuple[int, Any]]:
+        notifications = self._recorder.select_notifications(start=after + 1, limit=limit)  # type: ignore[attr-defined]
+        return [(n.id, self._mapper.to_domain_event(n)) for n in notifications]
+
+    def max_position(self) -> int:
+        return int(self._recorder.max_notification_id() or 0)  # type: ignore[attr-defined]
+
+
+class PostgresListener:
+    """Calls `on_notify` whenever any process stores events (eventsourcing NOTIFYs on insert)."""
+
+    def __init__(self, target: PostgresTarget, channel: str, on_notify: Callable[[], None]) -> None:
+        self._target = target
+        self._channel = channel
+        self._on_notify = on_notify
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pg-listen", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                with psycopg.connect(self._target.conninfo(), autocommit=True, connect_timeout=5) as conn:
+                    conn.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(self._channel)))
+                    self._on_notify()  # catch anything stored while we were not listening
+                    while not self._stopping.is_set():
+                        for _ in conn.notifies(timeout=0.5, stop_after=1):
+                            self._on_notify()
+            except psycopg.Error as e:
+                log.warning("LISTEN connection lost, retrying: %s", e)
+                self._stopping.wait(1.0)

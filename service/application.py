@@ -1,0 +1,264 @@
+"""LibraryJobs: the one application object. One method per command; the aggregates decide.
+
+Every command loads the aggregates it needs, lets them record events, and saves atomically. Optimistic
+concurrency (the store's unique (aggregate id, version)) settles races: a conflicting save reloads and
+retries, and `If-Match` is re-checked against what it reloaded.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import IntegrityError
+
+from service.domain.catalog import (
+    Book,
+    CatalogItem,
+    Library,
+    Series,
+    book_aggregate_id,
+    library_aggregate_id,
+    series_aggregate_id,
+)
+from service.domain.errors import Conflict, NotFound, PreconditionFailed
+from service.domain.jobs import (
+    CreateDraft,
+    LibraryJob,
+    PatchDraft,
+    ProviderLookup,
+    ValidationPolicy,
+    validate_create,
+    validate_patch,
+)
+from service.ports import Clock, CommandContext, LibraryContents, SystemClock
+
+T = TypeVar("T")
+OCC_ATTEMPTS = 8
+
+
+@dataclass(frozen=True)
+class Saved:
+    """What a command did: the aggregate's id and the store position of its last event (None: no change)."""
+
+    id: UUID
+    position: int | None
+    created: bool = False
+
+
+class LibraryJobs(Application[UUID]):
+    name = "libjobs"
+
+    def __init__(
+        self,
+        env: dict[str, str] | None = None,
+        *,
+        providers: ProviderLookup,
+        library_contents: Callable[[UUID], LibraryContents],
+        policy: ValidationPolicy | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        super().__init__(env)
+        self.providers = providers
+        self.library_contents = library_contents
+        self.policy = policy or ValidationPolicy()
+        self.clock = clock or SystemClock()
+
+    # --- jobs ---------------------------------------------------------------------------------------
+
+    def create_job(self, library_id: UUID, draft: CreateDraft, ctx: CommandContext) -> Saved:
+        definition, enabled = validate_create(draft, self.policy, self.providers)
+        self._live_library(library_id)
+        job = LibraryJob.create(
+            job_id=uuid.uuid4(),
+            library_id=library_id,
+            definition=definition,
+            enabled=enabled,
+            at=self.clock.now(),
+            actor=ctx.actor,
+            request_id=ctx.request_id,
+        )
+        return Saved(job.id, self._save(job), created=True)
+
+    def update_job(
+        self,
+        library_id: UUID,
+        job_id: UUID,
+        patch: PatchDraft,
+        ctx: CommandContext,
+        *,
+        if_match: int | None = None,
+    ) -> Saved:
+        def attempt() -> Saved:
+            job = self.job(library_id, job_id)
+            _check_if_match(job, if_match)
+            definition, enabled = validate_patch(
+                job.definition, job.enabled, patch, self.policy, self.providers
+            )
+            changed = job.change(
+                definition, enabled, at=self.clock.now(), actor=ctx.actor, request_id=ctx.request_id
+            )
+            return Saved(job.id, self._save(job) if changed else None)
+
+        return _retry_on_conflict(attempt)
+
+    def delete_job(
+        self, library_id: UUID, job_id: UUID, ctx: CommandContext, *, if_match: int | None = None
+    ) -> Saved:
+        def attempt() -> Saved:
+            job = self.job(library_id, job_id)
+            _check_if_match(job, if_match)
+            job.delete(at=self.clock.now(), actor=ctx.actor, request_id=ctx.request_id)
+            return Saved(job.id, self._save(job))
+
+        return _retry_on_conflict(attempt)
+
+    def job(self, library_id: UUID, job_id: UUID) -> LibraryJob:
+        """The live job of this library; NotFound for a deleted job or another library's job."""
+        job = self._get(job_id, LibraryJob)
+        if job is None or job.deleted or job.library_id != library_id:
+            raise NotFound("Job not found")
+        return job
+
+    # --- catalog ------------------------------------------------------------------------------------
+
+    def upsert_library(self, library_id: UUID, name: str, ctx: CommandContext) -> Saved:
+        def attempt() -> Saved:
+            now = self.clock.now()
+            library = self._get(library_aggregate_id(library_id), Library)
+            if library is None:
+                library = Library.register(
+                    library_id, name, at=now, actor=ctx.actor, request_id=ctx.request_id
+                )
+                return Saved(library_id, self._save(library), created=True)
+            created = library.deleted
+            if not library.upsert(name, at=now, actor=ctx.actor, request_id=ctx.request_id):
+                return Saved(library_id, None)
+            return Saved(library_id, self._save(library), created=created)
+
+        return _retry_on_conflict(attempt)
+
+    def delete_library(self, library_id: UUID, ctx: CommandContext) -> Saved:
+        """Deletes the library with its jobs, series and books, all in one atomic save."""
+
+        def attempt() -> Saved:
+            library = self._live_library(library_id)
+            now = self.clock.now()
+            stamp: dict[str, Any] = {"at": now, "actor": ctx.actor, "request_id": ctx.request_id}
+            contents = self.library_contents(library_id)
+            doomed: list[LibraryJob | CatalogItem] = []
+            for job_id in contents.job_ids:
+                job = self._get(job_id, LibraryJob)
+                if job is not None and not job.deleted:
+                    doomed.append(job)
+            for item_id, kind, aggregate_id in (
+                *((s, Series, series_aggregate_id(s)) for s in contents.series_ids),
+                *((b, Book, book_aggregate_id(b)) for b in contents.book_ids),
+            ):
+                item = self._get(aggregate_id, kind)
+                if item is not None and not item.deleted and item.library_id == library_id:
+                    doomed.append(item)
+            for aggregate in doomed:
+                aggregate.delete(**stamp)
+            library.delete(**stamp)
+            return Saved(library_id, self._save(library, *doomed))
+
+        return _retry_on_conflict(attempt)
+
+    def upsert_series(
+        self, library_id: UUID, series_id: UUID, state: dict[str, Any], ctx: CommandContext
+    ) -> Saved:
+        return self._upsert_item(Series, series_aggregate_id(series_id), series_id, library_id, state, ctx)
+
+    def delete_series(self, library_id: UUID, series_id: UUID, ctx: CommandContext) -> Saved:
+        return self._delete_item(Series, series_aggregate_id(series_id), series_id, library_id, ctx)
+
+    def upsert_book(
+        self, library_id: UUID, book_id: UUID, state: dict[str, Any], ctx: CommandContext
+    ) -> Saved:
+        return self._upsert_item(Book, book_aggregate_id(book_id), book_id, library_id, state, ctx)
+
+    def delete_book(self, library_id: UUID, book_id: UUID, ctx: CommandContext) -> Saved:
+        return self._delete_item(Book, book_aggregate_id(book_id), book_id, library_id, ctx)
+
+    # --- helpers ------------------------------------------------------------------------------------
+
+    def _upsert_item(
+        self,
+        kind: type[Series] | type[Book],
+        aggregate_id: UUID,
+        item_id: UUID,
+        library_id: UUID,
+        state: dict[str, Any],
+        ctx: CommandContext,
+    ) -> Saved:
+        def attempt() -> Saved:
+            self._live_library(library_id)
+            now = self.clock.now()
+            item = self._get(aggregate_id, kind)
+            if item is None:
+                new = kind.new(item_id, library_id, state, at=now, actor=ctx.actor, request_id=ctx.request_id)
+                return Saved(item_id, self._save(new), created=True)
+            if item.library_id != library_id and not item.deleted:
+                raise Conflict(f"{kind.__name__} {item_id} belongs to another library")
+            created = item.deleted
+            if not item.upsert(library_id, state, at=now, actor=ctx.actor, request_id=ctx.request_id):
+                return Saved(item_id, None)
+            return Saved(item_id, self._save(item), created=created)
+
+        return _retry_on_conflict(attempt)
+
+    def _delete_item(
+        self,
+        kind: type[Series] | type[Book],
+        aggregate_id: UUID,
+        item_id: UUID,
+        library_id: UUID,
+        ctx: CommandContext,
+    ) -> Saved:
+        def attempt() -> Saved:
+            item = self._get(aggregate_id, kind)
+            if item is None or item.deleted or item.library_id != library_id:
+                raise NotFound(f"{kind.__name__} not found")
+            item.delete(at=self.clock.now(), actor=ctx.actor, request_id=ctx.request_id)
+            return Saved(item_id, self._save(item))
+
+        return _retry_on_conflict(attempt)
+
+    def _live_library(self, library_id: UUID) -> Library:
+        library = self._get(library_aggregate_id(library_id), Library)
+        if library is None or library.deleted:
+            raise NotFound("Library not found")
+        return library
+
+    def _get(self, aggregate_id: UUID, kind: type[T]) -> T | None:
+        try:
+            aggregate = self.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            return None
+        return aggregate if isinstance(aggregate, kind) else None
+
+    def _save(self, *aggregates: Any) -> int | None:
+        recordings = self.save(*aggregates)
+        return max((r.notification.id for r in recordings), default=None)
+
+
+def _check_if_match(job: LibraryJob, if_match: int | None) -> None:
+    if if_match is not None and if_match != job.job_version:
+        raise PreconditionFailed(
+            f"The job is at version {job.job_version}, not {if_match}", current_version=job.job_version
+        )
+
+
+def _retry_on_conflict(attempt: Callable[[], T]) -> T:
+    """Runs a load-decide-save attempt again when another writer saved the same aggregate first."""
+    for _ in range(OCC_ATTEMPTS - 1):
+        try:
+            return attempt()
+        except IntegrityError:
+            continue
+    return attempt()

@@ -1,0 +1,223 @@
+"""The catalog (SPEC §6): libraries, series and books as the library server describes them.
+
+Aggregate ids are derived from the library server's ids per kind, so a series can never collide with a
+library or a job in the event store, however the ids were chosen.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID, uuid5
+
+from eventsourcing.domain import Aggregate
+
+LIBRARY_NAMESPACE = UUID("6f1d1c52-4a55-4a5e-9d7b-2f0f6f0c9a01")
+SERIES_NAMESPACE = UUID("6f1d1c52-4a55-4a5e-9d7b-2f0f6f0c9a02")
+BOOK_NAMESPACE = UUID("6f1d1c52-4a55-4a5e-9d7b-2f0f6f0c9a03")
+
+
+def library_aggregate_id(library_id: UUID) -> UUID:
+    return uuid5(LIBRARY_NAMESPACE, str(library_id))
+
+
+def series_aggregate_id(series_id: UUID) -> UUID:
+    return uuid5(SERIES_NAMESPACE, str(series_id))
+
+
+def book_aggregate_id(book_id: UUID) -> UUID:
+    return uuid5(BOOK_NAMESPACE, str(book_id))
+
+
+class Library(Aggregate):
+    TOPIC = "libjobs:Library"
+
+    class Event(Aggregate.Event):
+        TOPIC = "libjobs:Library.Event"
+        actor: str | None
+        request_id: str | None
+
+    class Registered(Event, Aggregate.Created):
+        TOPIC = "libjobs:Library.Registered"
+        library_id: UUID
+        name: str
+
+    class Renamed(Event):
+        TOPIC = "libjobs:Library.Renamed"
+        name: str
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.name = self.name
+            aggregate.deleted = False
+
+    class Deleted(Event):
+        TOPIC = "libjobs:Library.Deleted"
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.deleted = True
+
+    def __init__(self, library_id: UUID, name: str, actor: str | None, request_id: str | None) -> None:
+        self.library_id = library_id
+        self.name = name
+        self.deleted = False
+
+    @classmethod
+    def register(
+        cls, library_id: UUID, name: str, *, at: datetime, actor: str | None, request_id: str | None
+    ) -> Library:
+        return cls._create(
+            cls.Registered,
+            id=library_aggregate_id(library_id),
+            library_id=library_id,
+            name=name,
+            timestamp=at,
+            actor=actor,
+            request_id=request_id,
+        )
+
+    def upsert(self, name: str, *, at: datetime, actor: str | None, request_id: str | None) -> bool:
+        if name == self.name and not self.deleted:
+            return False
+        self.trigger_event(self.Renamed, name=name, timestamp=at, actor=actor, request_id=request_id)
+        return True
+
+    def delete(self, *, at: datetime, actor: str | None, request_id: str | None) -> None:
+        self.trigger_event(self.Deleted, timestamp=at, actor=actor, request_id=request_id)
+
+
+class CatalogItem(Aggregate):
+    """A series or a book: the library server's whole description of it, replaced on each upsert.
+
+    `state` holds `title`, `title_sort`, `metadata`, `locks`, `external_ids` (and `series_id` for a book),
+    all plain JSON values.
+    """
+
+    class Event(Aggregate.Event):
+        actor: str | None
+        request_id: str | None
+
+    class Upserted(Event, Aggregate.Created):
+        item_id: UUID
+        library_id: UUID
+        state: dict[str, Any]
+
+    class Changed(Event):
+        library_id: UUID
+        state: dict[str, Any]
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.library_id = self.library_id
+            aggregate.state = self.state
+            aggregate.deleted = False
+
+    class Deleted(Event):
+        def apply(self, aggregate: Any) -> None:
+            aggregate.deleted = True
+
+    def __init__(
+        self,
+        item_id: UUID,
+        library_id: UUID,
+        state: dict[str, Any],
+        actor: str | None,
+        request_id: str | None,
+    ) -> None:
+        self.item_id = item_id
+        self.library_id = library_id
+        self.state = state
+        self.deleted = False
+
+    def upsert(
+        self,
+        library_id: UUID,
+        state: dict[str, Any],
+        *,
+        at: datetime,
+        actor: str | None,
+        request_id: str | None,
+    ) -> bool:
+        if state == self.state and library_id == self.library_id and not self.deleted:
+            return False
+        self.trigger_event(
+            self.Changed, library_id=library_id, state=state, timestamp=at, actor=actor, request_id=request_id
+        )
+        return True
+
+    def delete(self, *, at: datetime, actor: str | None, request_id: str | None) -> None:
+        self.trigger_event(self.Deleted, timestamp=at, actor=actor, request_id=request_id)
+
+
+class Series(CatalogItem):
+    TOPIC = "libjobs:Series"
+
+    class Event(CatalogItem.Event):
+        TOPIC = "libjobs:Series.Event"
+
+    class Upserted(Event, CatalogItem.Upserted):
+        TOPIC = "libjobs:Series.Upserted"
+
+    class Changed(Event, CatalogItem.Changed):
+        TOPIC = "libjobs:Series.Changed"
+
+    class Deleted(Event, CatalogItem.Deleted):
+        TOPIC = "libjobs:Series.Deleted"
+
+    @classmethod
+    def new(
+        cls,
+        series_id: UUID,
+        library_id: UUID,
+        state: dict[str, Any],
+        *,
+        at: datetime,
+        actor: str | None,
+        request_id: str | None,
+    ) -> Series:
+        return cls._create(
+            cls.Upserted,
+            id=series_aggregate_id(series_id),
+            item_id=series_id,
+            library_id=library_id,
+            state=state,
+            timestamp=at,
+            actor=actor,
+            request_id=request_id,
+        )
+
+
+class Book(CatalogItem):
+    TOPIC = "libjobs:Book"
+
+    class Event(CatalogItem.Event):
+        TOPIC = "libjobs:Book.Event"
+
+    class Upserted(Event, CatalogItem.Upserted):
+        TOPIC = "libjobs:Book.Upserted"
+
+    class Changed(Event, CatalogItem.Changed):
+        TOPIC = "libjobs:Book.Changed"
+
+    class Deleted(Event, CatalogItem.Deleted):
+        TOPIC = "libjobs:Book.Deleted"
+
+    @classmethod
+    def new(
+        cls,
+        book_id: UUID,
+        library_id: UUID,
+        state: dict[str, Any],
+        *,
+        at: datetime,
+        actor: str | None,
+        request_id: str | None,
+    ) -> Book:
+        return cls._create(
+            cls.Upserted,
+            id=book_aggregate_id(book_id),
+            item_id=book_id,
+            library_id=library_id,
+            state=state,
+            timestamp=at,
+            actor=actor,
+            request_id=request_id,
+        )

@@ -1,0 +1,449 @@
+"""The library job: its definition, the validation rules of SPEC §2.4 (in order), and the aggregate.
+
+Every rule raises `ValidationFailed(field, code, message)`; the first failure wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime
+from enum import Enum
+from typing import Any, ClassVar, Final
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate
+
+from service.domain.cron import parse_cron
+from service.domain.errors import ValidationFailed
+from service.domain.fields import ALL_FIELDS, DEFAULT_GROUPS, GROUPS_BY_ID, selected_fields
+from service.domain.timezones import validate_timezone
+
+NAME_MAX_CHARS: Final = 200
+SCOPES: Final = ("series_only", "books_only", "series_and_books")
+SERIES_SCOPES: Final = frozenset({"series_only", "series_and_books"})
+BOOK_SCOPES: Final = frozenset({"books_only", "series_and_books"})
+BOOK_ONLY_GROUPS: Final = frozenset({"book_extra"})
+BOOK_ONLY_FIELDS: Final = frozenset(GROUPS_BY_ID["book_extra"].fields)
+MAX_CONCURRENCY_RANGE: Final = (1, 16)
+SKIP_RECENT_RANGE: Final = (0, 31_536_000)
+
+
+class Missing(Enum):
+    """A PATCH field the client did not send (distinct from an explicit null)."""
+
+    MISSING = "missing"
+
+
+MISSING: Final = Missing.MISSING
+
+
+@dataclass(frozen=True)
+class RefreshConfig:
+    """A validated, normalised `metadata_refresh` config."""
+
+    provider: str
+    scope: str
+    field_groups: tuple[str, ...]
+    extra_fields: tuple[str, ...]
+    book_field_groups: tuple[str, ...]
+    book_extra_fields: tuple[str, ...]
+    existing_source_ids_only: bool
+    skip_recently_synced_within_s: int
+    max_concurrency: int
+
+    TYPE: ClassVar[str] = "metadata_refresh"
+
+    @property
+    def plugin_name(self) -> str:
+        return self.provider.removeprefix("plugin:")
+
+    def series_fields(self) -> frozenset[str]:
+        return selected_fields(self.field_groups, self.extra_fields)
+
+    def book_fields(self) -> frozenset[str]:
+        return selected_fields(self.book_field_groups, self.book_extra_fields)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values, tagged with the job type so that other types can be added later."""
+        data: dict[str, Any] = {"type": self.TYPE}
+        for key, value in asdict(self).items():
+            data[key] = list(value) if isinstance(value, tuple) else value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RefreshConfig:
+        return cls(
+            provider=data["provider"],
+            scope=data["scope"],
+            field_groups=tuple(data["field_groups"]),
+            extra_fields=tuple(data["extra_fields"]),
+            book_field_groups=tuple(data["book_field_groups"]),
+            book_extra_fields=tuple(data["book_extra_fields"]),
+            existing_source_ids_only=data["existing_source_ids_only"],
+            skip_recently_synced_within_s=data["skip_recently_synced_within_s"],
+            max_concurrency=data["max_concurrency"],
+        )
+
+
+@dataclass(frozen=True)
+class JobDefinition:
+    """What a user defines about a job. `enabled` is kept apart because it has its own events."""
+
+    name: str
+    cron_schedule: str
+    timezone: str | None
+    config: RefreshConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "cron_schedule": self.cron_schedule,
+            "timezone": self.timezone,
+            "config": self.config.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> JobDefinition:
+        return cls(
+            name=data["name"],
+            cron_schedule=data["cron_schedule"],
+            timezone=data["timezone"],
+            config=RefreshConfig.from_dict(data["config"]),
+        )
+
+
+# --- Drafts: what a client asked for, before validation --------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConfigDraft:
+    provider: str
+    scope: str = "series_only"
+    field_groups: list[str] | None = None  # None: omitted, the scope's default applies
+    extra_fields: list[str] | None = None
+    book_field_groups: list[str] | None = None
+    book_extra_fields: list[str] | None = None
+    existing_source_ids_only: bool = True
+    skip_recently_synced_within_s: int = 3600
+    max_concurrency: int = 4
+
+
+@dataclass(frozen=True)
+class CreateDraft:
+    cron_schedule: str
+    config: ConfigDraft
+    name: str | None = None
+    enabled: bool = False
+    timezone: str | None = None
+
+
+@dataclass(frozen=True)
+class PatchDraft:
+    """`name`, `enabled`, `cron_schedule`, `config`: MISSING or None keep. `timezone`: None clears."""
+
+    name: str | None | Missing = MISSING
+    enabled: bool | None | Missing = MISSING
+    cron_schedule: str | None | Missing = MISSING
+    timezone: str | None | Missing = MISSING
+    config: ConfigDraft | None | Missing = MISSING
+
+
+@dataclass(frozen=True)
+class ProviderInfo:
+    """What validation needs to know of a configured plugin."""
+
+    enabled: bool
+    capabilities: frozenset[str] | None  # None: unknown (a disabled plugin that was never started)
+
+
+ProviderLookup = Callable[[str], ProviderInfo | None]
+
+
+@dataclass(frozen=True)
+class ValidationPolicy:
+    min_interval_s: int = 60
+
+
+# --- The rules ----------------------------------------------------------------------------------
+
+
+def _check_name(name: str, *, field: str = "name") -> str:
+    name = name.strip()
+    if not name:
+        raise ValidationFailed(field, "empty", "name must not be empty")
+    if len(name) > NAME_MAX_CHARS:
+        raise ValidationFailed(
+            field, "too_long", f"name is {len(name)} characters long; at most {NAME_MAX_CHARS} are allowed"
+        )
+    return name
+
+
+def _check_cron(expression: str, policy: ValidationPolicy) -> str:
+    return parse_cron(expression, min_interval_s=policy.min_interval_s).expression
+
+
+def _check_provider(provider: str, scope: str, providers: ProviderLookup) -> None:
+    field = "config.provider"
+    if not provider.startswith("plugin:") or not provider.removeprefix("plugin:").strip():
+        raise ValidationFailed(
+            field, "provider_format", f"provider must look like 'plugin:<name>', got {provider!r}"
+        )
+    info = providers(provider.removeprefix("plugin:"))
+    if info is None:
+        raise ValidationFailed(
+            field, "provider_not_installed", f"provider {provider!r} is not configured on this server"
+        )
+    wanted = (
+        {"series"} if scope == "series_only" else {"book"} if scope == "books_only" else {"series", "book"}
+    )
+    lacking = wanted - info.capabilities if info.capabilities is not None else set()
+    if lacking:
+        raise ValidationFailed(
+            field,
+            "provider_scope_mismatch",
+            f"provider {provider!r} does not provide {' or '.join(sorted(lacking))} metadata,"
+            f" which scope {scope!r} needs",
+        )
+
+
+def _dedupe(items: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(items))
+
+
+def _check_side(
+    *, side: str, scope: str, groups: list[str] | None, extras: list[str] | None
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Rules 5 and 6 for one side (`series` or `book`) of a config."""
+    touched = scope in (SERIES_SCOPES if side == "series" else BOOK_SCOPES)
+    groups_field = "config.fieldGroups" if side == "series" else "config.bookFieldGroups"
+    extras_field = "config.extraFields" if side == "series" else "config.bookExtraFields"
+    if not touched:
+        for field, values in ((groups_field, groups), (extras_field, extras)):
+            if values:
+                raise ValidationFailed(
+                    field, "fields_outside_scope", f"{field} must be empty for scope {scope!r}"
+                )
+        return (), ()
+    allowed_groups = GROUPS_BY_ID.keys() - (BOOK_ONLY_GROUPS if side == "series" else set())
+    allowed_fields = ALL_FIELDS - (BOOK_ONLY_FIELDS if side == "series" else set())
+    chosen = list(DEFAULT_GROUPS) if groups is None else groups
+    for group in chosen:
+        if group not in allowed_groups:
+            raise ValidationFailed(groups_field, "unknown_field_group", f"unknown field group {group!r}")
+    for field_name in extras or ():
+        if field_name not in allowed_fields:
+            raise ValidationFailed(extras_field, "unknown_field", f"unknown field {field_name!r}")
+    if not chosen and not extras:
+        raise ValidationFailed(
+            groups_field,
+            "no_fields_selected",
+            f"scope {scope!r} selects no {side} field: choose at least one field group or extra field",
+        )
+    return _dedupe(chosen), _dedupe(extras or ())
+
+
+def _check_range(value: int, bounds: tuple[int, int], field: str) -> int:
+    low, high = bounds
+    if not low <= value <= high:
+        raise ValidationFailed(field, "out_of_range", f"{field} must be between {low} and {high}, got {value}")
+    return value
+
+
+def validate_config(
+    draft: ConfigDraft,
+    providers: ProviderLookup,
+    *,
+    check_provider: bool = True,
+) -> RefreshConfig:
+    """Rules 4 to 7. `check_provider=False` keeps PATCH from judging a provider it did not change."""
+    if check_provider:
+        _check_provider(draft.provider, draft.scope, providers)
+    series_groups, series_extras = _check_side(
+        side="series", scope=draft.scope, groups=draft.field_groups, extras=draft.extra_fields
+    )
+    book_groups, book_extras = _check_side(
+        side="book", scope=draft.scope, groups=draft.book_field_groups, extras=draft.book_extra_fields
+    )
+    return RefreshConfig(
+        provider=draft.provider,
+        scope=draft.scope,
+        field_groups=series_groups,
+        extra_fields=series_extras,
+        book_field_groups=book_groups,
+        book_extra_fields=book_extras,
+        existing_source_ids_only=draft.existing_source_ids_only,
+        skip_recently_synced_within_s=_check_range(
+            draft.skip_recently_synced_within_s, SKIP_RECENT_RANGE, "config.skipRecentlySyncedWithinS"
+        ),
+        max_concurrency=_check_range(draft.max_concurrency, MAX_CONCURRENCY_RANGE, "config.maxConcurrency"),
+    )
+
+
+def generate_name(config: RefreshConfig) -> str:
+    """`<provider name> — <groups>`: series groups first, then book groups, without duplicates."""
+    groups = _dedupe((*config.field_groups, *config.book_field_groups))
+    name = config.plugin_name
+    if groups:
+        name = f"{name} \u2014 {', '.join(groups)}"
+    return name[:NAME_MAX_CHARS]
+
+
+def validate_create(
+    draft: CreateDraft, policy: ValidationPolicy, providers: ProviderLookup
+) -> tuple[JobDefinition, bool]:
+    """Rules 1 to 7 for a new job; returns the definition and `enabled`."""
+    name = _check_name(draft.name) if draft.name is not None and draft.name.strip() else None
+    cron = _check_cron(draft.cron_schedule, policy)
+    timezone = validate_timezone(draft.timezone) if draft.timezone is not None else None
+    config = validate_config(draft.config, providers)
+    definition = JobDefinition(
+        name=name or generate_name(config), cron_schedule=cron, timezone=timezone, config=config
+    )
+    return definition, draft.enabled
+
+
+def validate_patch(
+    current: JobDefinition,
+    current_enabled: bool,
+    patch: PatchDraft,
+    policy: ValidationPolicy,
+    providers: ProviderLookup,
+) -> tuple[JobDefinition, bool]:
+    """Validates only what the patch changes, so disabling works even when the plugin is gone."""
+    definition = current
+    if isinstance(patch.name, str):
+        definition = replace(definition, name=_check_name(patch.name))
+    if isinstance(patch.cron_schedule, str):
+        definition = replace(definition, cron_schedule=_check_cron(patch.cron_schedule, policy))
+    if patch.timezone is not MISSING:
+        timezone = validate_timezone(patch.timezone) if patch.timezone is not None else None
+        definition = replace(definition, timezone=timezone)
+    if isinstance(patch.config, ConfigDraft):
+        provider_changed = (patch.config.provider, patch.config.scope) != (
+            current.config.provider,
+            current.config.scope,
+        )
+        config = validate_config(patch.config, providers, check_provider=provider_changed)
+        definition = replace(definition, config=config)
+    enabled = patch.enabled if isinstance(patch.enabled, bool) else current_enabled
+    return definition, enabled
+
+
+# --- The aggregate ------------------------------------------------------------------------------
+
+
+class LibraryJob(Aggregate):
+    """One scheduled job. `job_version` counts user changes to the definition (runs never bump it)."""
+
+    TOPIC = "libjobs:LibraryJob"
+
+    class Event(Aggregate.Event):
+        TOPIC = "libjobs:LibraryJob.Event"
+        actor: str | None
+        request_id: str | None
+
+    class Created(Event, Aggregate.Created):
+        TOPIC = "libjobs:LibraryJob.Created"
+        library_id: UUID
+        definition: dict[str, Any]
+        enabled: bool
+        job_version: int
+
+    class Updated(Event):
+        TOPIC = "libjobs:LibraryJob.Updated"
+        definition: dict[str, Any]
+        job_version: int
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.definition = JobDefinition.from_dict(self.definition)
+            aggregate.job_version = self.job_version
+
+    class Enabled(Event):
+        TOPIC = "libjobs:LibraryJob.Enabled"
+        job_version: int
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.enabled = True
+            aggregate.job_version = self.job_version
+
+    class Disabled(Event):
+        TOPIC = "libjobs:LibraryJob.Disabled"
+        job_version: int
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.enabled = False
+            aggregate.job_version = self.job_version
+
+    class Deleted(Event):
+        TOPIC = "libjobs:LibraryJob.Deleted"
+        job_version: int
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.deleted = True
+            aggregate.job_version = self.job_version
+
+    def __init__(
+        self,
+        library_id: UUID,
+        definition: dict[str, Any],
+        enabled: bool,
+        job_version: int,
+        actor: str | None,
+        request_id: str | None,
+    ) -> None:
+        self.library_id = library_id
+        self.definition = JobDefinition.from_dict(definition)
+        self.enabled = enabled
+        self.job_version = job_version
+        self.deleted = False
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        job_id: UUID,
+        library_id: UUID,
+        definition: JobDefinition,
+        enabled: bool,
+        at: datetime,
+        actor: str | None,
+        request_id: str | None,
+    ) -> LibraryJob:
+        return cls._create(
+            cls.Created,
+            id=job_id,
+            library_id=library_id,
+            definition=definition.to_dict(),
+            enabled=enabled,
+            job_version=1,
+            timestamp=at,
+            actor=actor,
+            request_id=request_id,
+        )
+
+    def change(
+        self,
+        definition: JobDefinition,
+        enabled: bool,
+        *,
+        at: datetime,
+        actor: str | None,
+        request_id: str | None,
+    ) -> bool:
+        """Records what differs from the current state, as one user change; False when nothing did."""
+        definition_changed = definition != self.definition
+        if not definition_changed and enabled == self.enabled:
+            return False
+        version = self.job_version + 1
+        common = {"timestamp": at, "actor": actor, "request_id": request_id, "job_version": version}
+        if definition_changed:
+            self.trigger_event(self.Updated, definition=definition.to_dict(), **common)
+        if enabled != self.enabled:
+            self.trigger_event(self.Enabled if enabled else self.Disabled, **common)
+        return True
+
+    def delete(self, *, at: datetime, actor: str | None, request_id: str | None) -> None:
+        self.trigger_event(
+            self.Deleted, job_version=self.job_version + 1, timestamp=at, actor=actor, request_id=request_id
+        )
