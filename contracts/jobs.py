@@ -89,11 +89,11 @@ class CreateLibraryJobRequest(msgspec.Struct, rename="camel", kw_only=True, forb
 class PatchLibraryJobRequest(msgspec.Struct, rename="camel", kw_only=True, forbid_unknown_fields=True):
     """Every field optional. `timezone` is tri-state: absent keeps, null clears, a value sets."""
 
-    name: str | None | UnsetType = UNSET
-    enabled: bool | None | UnsetType = UNSET
-    cron_schedule: str | None | UnsetType = UNSET
-    timezone: str | None | UnsetType = UNSET
-    config: LibraryJobConfigInput | None | UnsetType = UNSET
+    name: str | UnsetType | None = UNSET
+    enabled: bool | UnsetType | None = UNSET
+    cron_schedule: str | UnsetType | None = UNSET
+    timezone: str | UnsetType | None = UNSET
+    config: LibraryJobConfigInput | UnsetType | None = UNSET
 
 
 class FieldGroupDto(msgspec.Struct):

@@ -155,9 +155,9 @@ class LibraryJobs(Application[UUID]):
                 job = self._get(job_id, LibraryJob)
                 if job is not None and not job.deleted:
                     doomed.append(job)
-            for item_id, kind, aggregate_id in (
-                *((s, Series, series_aggregate_id(s)) for s in contents.series_ids),
-                *((b, Book, book_aggregate_id(b)) for b in contents.book_ids),
+            for kind, aggregate_id in (
+                *((Series, series_aggregate_id(s)) for s in contents.series_ids),
+                *((Book, book_aggregate_id(b)) for b in contents.book_ids),
             ):
                 item = self._get(aggregate_id, kind)
                 if item is not None and not item.deleted and item.library_id == library_id:
@@ -237,7 +237,7 @@ class LibraryJobs(Application[UUID]):
 
     def _get(self, aggregate_id: UUID, kind: type[T]) -> T | None:
         try:
-            aggregate = self.repository.get(aggregate_id)
+            aggregate: Any = self.repository.get(aggregate_id)
         except AggregateNotFoundError:
             return None
         return aggregate if isinstance(aggregate, kind) else None

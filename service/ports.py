@@ -48,7 +48,7 @@ class ReadModelQueries(Protocol):
     def position(self) -> int: ...
 
 
-WaitForPosition = Callable[[int], Awaitable[None]]
+WaitForPosition = Callable[[int | None], Awaitable[None]]
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ import threading
 import time
 from pathlib import Path
 
-import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from service.adapters.store import PostgresTarget
@@ -56,7 +56,14 @@ class SqliteIdempotencyStore:
             conn.execute("DELETE FROM idempotency WHERE created <= ?", (now - self._ttl_s,))
             conn.execute(
                 "INSERT OR REPLACE INTO idempotency VALUES (?, ?, ?, ?, ?, ?)",
-                (key, response.fingerprint, response.status, response.body, json.dumps(response.headers), now),
+                (
+                    key,
+                    response.fingerprint,
+                    response.status,
+                    response.body,
+                    json.dumps(response.headers),
+                    now,
+                ),
             )
 
 
@@ -79,9 +86,9 @@ class PostgresIdempotencyStore:
     def get(self, key: str) -> StoredResponse | None:
         with self._pool.connection() as conn:
             row = conn.execute(
-                sql.SQL("SELECT fingerprint, status, body, headers FROM {} WHERE key = %s AND created > %s").format(
-                    self._table
-                ),
+                sql.SQL(
+                    "SELECT fingerprint, status, body, headers FROM {} WHERE key = %s AND created > %s"
+                ).format(self._table),
                 (key, time.time() - self._ttl_s),
             ).fetchone()
         if row is None:
@@ -91,15 +98,23 @@ class PostgresIdempotencyStore:
     def put(self, key: str, response: StoredResponse) -> None:
         now = time.time()
         with self._pool.connection() as conn:
-            conn.execute(sql.SQL("DELETE FROM {} WHERE created <= %s").format(self._table), (now - self._ttl_s,))
+            conn.execute(
+                sql.SQL("DELETE FROM {} WHERE created <= %s").format(self._table), (now - self._ttl_s,)
+            )
             conn.execute(
                 sql.SQL(
                     "INSERT INTO {} VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (key) DO UPDATE SET"
                     " fingerprint = EXCLUDED.fingerprint, status = EXCLUDED.status, body = EXCLUDED.body,"
                     " headers = EXCLUDED.headers, created = EXCLUDED.created"
                 ).format(self._table),
-                (key, response.fingerprint, response.status, response.body,
-                 psycopg.types.json.Jsonb(response.headers), now),
+                (
+                    key,
+                    response.fingerprint,
+                    response.status,
+                    response.body,
+                    Jsonb(response.headers),
+                    now,
+                ),
             )
 
     def close(self) -> None:

@@ -1,4 +1,4 @@
-"""The event store: eventsourcing's SQLite (embedded default) or PostgreSQL recorder, and reading it in order."""
+"""The event store: eventsourcing's SQLite (embedded) or PostgreSQL recorder, and reading it in order."""
 
 from __future__ import annotations
 
@@ -91,11 +91,11 @@ class StoreReader:
         self._mapper = app.mapper
 
     def read(self, after: int, limit: int = 1000) -> list[tuple[int, Any]]:
-        notifications = self._recorder.select_notifications(start=after + 1, limit=limit)  # type: ignore[attr-defined]
+        notifications = self._recorder.select_notifications(start=after + 1, limit=limit)
         return [(n.id, self._mapper.to_domain_event(n)) for n in notifications]
 
     def max_position(self) -> int:
-        return int(self._recorder.max_notification_id() or 0)  # type: ignore[attr-defined]
+        return int(self._recorder.max_notification_id() or 0)
 
 
 class PostgresListener:

@@ -142,11 +142,11 @@ class CreateDraft:
 class PatchDraft:
     """`name`, `enabled`, `cron_schedule`, `config`: MISSING or None keep. `timezone`: None clears."""
 
-    name: str | None | Missing = MISSING
-    enabled: bool | None | Missing = MISSING
-    cron_schedule: str | None | Missing = MISSING
-    timezone: str | None | Missing = MISSING
-    config: ConfigDraft | None | Missing = MISSING
+    name: str | Missing | None = MISSING
+    enabled: bool | Missing | None = MISSING
+    cron_schedule: str | Missing | None = MISSING
+    timezone: str | Missing | None = MISSING
+    config: ConfigDraft | Missing | None = MISSING
 
 
 @dataclass(frozen=True)
@@ -246,7 +246,9 @@ def _check_side(
 def _check_range(value: int, bounds: tuple[int, int], field: str) -> int:
     low, high = bounds
     if not low <= value <= high:
-        raise ValidationFailed(field, "out_of_range", f"{field} must be between {low} and {high}, got {value}")
+        raise ValidationFailed(
+            field, "out_of_range", f"{field} must be between {low} and {high}, got {value}"
+        )
     return value
 
 

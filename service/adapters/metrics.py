@@ -1,0 +1,50 @@
+"""Prometheus metrics of one process (its own registry, so tests can build many apps)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "libjobs_http_requests_total",
+            "HTTP requests",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "libjobs_http_request_duration_seconds",
+            "HTTP request latency",
+            ["method", "route"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
+        self.projection_position = Gauge(
+            "libjobs_projection_position", "Store position applied to the read models", registry=self.registry
+        )
+        self.store_position = Gauge(
+            "libjobs_store_position", "Last position in the event store", registry=self.registry
+        )
+        self.projection_lag = Gauge(
+            "libjobs_projection_lag_events",
+            "Events stored but not yet in the read models",
+            registry=self.registry,
+        )
+        self.store_up = Gauge("libjobs_store_up", "1 when the event store answered", registry=self.registry)
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(method, route, str(status)).inc()
+        self.latency.labels(method, route).observe(seconds)
+
+    def track_lag(self, store_position: Callable[[], int], projection_position: Callable[[], int]) -> None:
+        self.projection_position.set_function(projection_position)
+        self.store_position.set_function(store_position)
+        self.projection_lag.set_function(lambda: max(0, store_position() - projection_position()))
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

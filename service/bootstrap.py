@@ -1,0 +1,223 @@
+"""The ONE composition root: Settings → wired objects. Nothing connects at import time."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import sys
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any, TypeVar
+
+from litestar import Litestar
+
+from projections.readmodels import ReadModels
+from service.adapters.follower import Follower
+from service.adapters.idempotency import PostgresIdempotencyStore, SqliteIdempotencyStore
+from service.adapters.logs import configure_logging
+from service.adapters.metrics import Metrics
+from service.adapters.plugins.directory import PluginDirectory
+from service.adapters.plugins.host import PluginHost
+from service.adapters.store import PostgresListener, PostgresTarget, StoreReader, store_env
+from service.application import LibraryJobs
+from service.domain.jobs import ValidationPolicy
+from service.entrypoints import cli
+from service.entrypoints.http.app import create_app
+from service.entrypoints.http.auth import Authenticator, sha256_hex
+from service.entrypoints.http.common import HttpServices
+from service.entrypoints.serve import run_server
+from service.ports import Clock, IdempotencyStore
+from service.settings import ApiKeySpec, Settings, SettingsError, load_settings
+
+T = TypeVar("T")
+log = logging.getLogger("libjobs")
+ADMIN_KEY_FILE = "admin-api-key"
+READY_MAX_LAG = 1000
+
+
+class Service:
+    """One process of libjobs: the store, read models, plugin host and HTTP app, wired from settings."""
+
+    def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.executor = ThreadPoolExecutor(max_workers=settings.store_pool_size, thread_name_prefix="store")
+        self.models = ReadModels(default_timezone=settings.default_timezone)
+        self.plugin_host = PluginHost(
+            settings.plugins,
+            call_timeout_s=settings.provider_timeout_s,
+            start_timeout_s=settings.plugin_start_timeout_s,
+            idle_timeout_s=settings.plugin_idle_timeout_s,
+        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.plugins = PluginDirectory(
+            self.plugin_host, self._bound_loop, settings.plugin_start_timeout_s + 5
+        )
+        env = store_env(
+            data_dir=settings.data_dir,
+            database_url=settings.database_url,
+            pool_size=settings.store_pool_size,
+            lock_timeout_s=settings.lock_timeout_s,
+        )
+        self.commands = LibraryJobs(
+            env,
+            providers=self.plugins.provider_info,
+            library_contents=self._library_contents,
+            policy=ValidationPolicy(min_interval_s=settings.min_interval_s),
+            clock=clock,
+        )
+        self.reader = StoreReader(self.commands)
+        self._catch_up_lock = threading.Lock()
+        self.follower = Follower(
+            self.catch_up,
+            self.executor,
+            poll_interval_s=0.02 if settings.database_url is None else 1.0,
+        )
+        self.metrics.track_lag(self.reader.max_position, lambda: self.follower.position)
+        self.idempotency = self._idempotency_store()
+        self._listener: PostgresListener | None = None
+        if settings.database_url is not None:
+            channel = self.commands.recorder.channel_name  # type: ignore[attr-defined]
+            target = PostgresTarget.from_url(settings.database_url)
+            self._listener = PostgresListener(target, channel, self.follower.wake_threadsafe)
+
+    # --- wiring helpers -----------------------------------------------------------------------------
+
+    def _bound_loop(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None, "the service has not been started"
+        return self._loop
+
+    def _idempotency_store(self) -> IdempotencyStore:
+        if self.settings.database_url is None:
+            return SqliteIdempotencyStore(self.settings.data_dir / "state.sqlite3")
+        return PostgresIdempotencyStore(PostgresTarget.from_url(self.settings.database_url))
+
+    def _library_contents(self, library_id: Any) -> Any:
+        self.catch_up()  # a library's contents must include everything stored before its deletion
+        return self.models.library_contents(library_id)
+
+    def catch_up(self) -> int:
+        """Applies every stored event not yet in the read models; safe from any thread."""
+        with self._catch_up_lock:
+            while batch := self.reader.read(self.models.position(), 1000):
+                self.models.apply(batch)
+            return self.models.position()
+
+    def run_sync(self, fn: Callable[..., T], /, *args: Any) -> Awaitable[T]:
+        return asyncio.get_running_loop().run_in_executor(self.executor, partial(fn, *args))
+
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        checks: dict[str, Any] = {}
+        try:
+            store_position = await asyncio.wait_for(self.run_sync(self.reader.max_position), 2.0)
+            checks["store"] = "ok"
+        except Exception as e:
+            checks["store"] = f"unavailable: {type(e).__name__}"
+            return False, checks
+        lag = max(0, store_position - self.follower.position)
+        checks["projectionLag"] = lag
+        return lag <= READY_MAX_LAG, checks
+
+    # --- lifecycle ----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self.follower.start()
+        if self._listener is not None:
+            self._listener.start()
+        self.plugin_host.start_idle_reaper()
+        log.info(
+            "libjobs started",
+            extra={"position": self.follower.position, "roles": sorted(self.settings.roles)},
+        )
+
+    async def stop(self) -> None:
+        await self.follower.stop()
+        if self._listener is not None:
+            self._listener.stop()
+        await self.plugin_host.stop_idle_reaper()
+        await self.plugin_host.aclose()
+        self.executor.shutdown(wait=True)
+        close = getattr(self.idempotency, "close", None)
+        if close is not None:
+            close()
+        self.commands.close()
+        log.info("libjobs stopped")
+
+    def http_app(self, authenticator: Authenticator) -> Litestar:
+        services = HttpServices(
+            commands=self.commands,
+            queries=self.models,
+            wait_for=self.follower.wait_for,
+            run_sync=self.run_sync,
+            authenticator=authenticator,
+            idempotency=self.idempotency,
+            plugins=self.plugins,
+            readiness=self.readiness,
+            metrics=self.metrics,
+            max_body_bytes=self.settings.max_body_bytes,
+        )
+        app = create_app(services, api="api" in self.settings.roles)
+        app.on_startup.append(self.start)
+        app.on_shutdown.append(self.stop)
+        return app
+
+
+def api_keys(settings: Settings, *, announce: Callable[[str], None] = print) -> tuple[ApiKeySpec, ...]:
+    """The configured keys, plus `LIBJOBS_API_KEY`; with none at all, an admin key made at first start."""
+    keys = list(settings.api_keys)
+    if settings.api_key:
+        keys.append(
+            ApiKeySpec(id="env-admin", sha256=sha256_hex(settings.api_key), scopes=frozenset({"admin"}))
+        )
+    if keys:
+        return tuple(keys)
+    key_file = (settings.data_dir / ADMIN_KEY_FILE).resolve()
+    hash_file = key_file.with_suffix(".sha256")
+    if not hash_file.exists():
+        key = "lj_" + secrets.token_urlsafe(32)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key + "\n")
+        hash_file.write_text(sha256_hex(key) + "\n")
+        announce(
+            f"libjobs: created an admin API key (send it as X-API-Key): {key}\n"
+            f"libjobs: it is saved in {key_file}"
+        )
+    digest = hash_file.read_text().strip()
+    return (ApiKeySpec(id="generated-admin", sha256=digest, scopes=frozenset({"admin"})),)
+
+
+def build_http(settings: Settings, *, clock: Clock | None = None) -> tuple[Service, Litestar]:
+    service = Service(settings, clock=clock)
+    authenticator = Authenticator(api_keys(settings), settings.jwt)
+    return service, service.http_app(authenticator)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The `libjobs` console script: parse, load settings, wire, run."""
+    args = cli.parse_args(argv)
+    if args.command == "plugin":
+        from service.adapters.plugins.fixture import main as run_fixture
+
+        return run_fixture(args.data)
+    try:
+        settings = load_settings(env=os.environ, flags=vars(args))
+    except SettingsError as e:
+        return cli.fail(str(e))
+    configure_logging(settings.log_json)
+    try:
+        _, app = build_http(settings)
+    except Exception as e:  # the store or a config value cannot be used: one line, details in the log
+        log.debug("start-up failed", exc_info=True)
+        return cli.fail(f"cannot start: {e}")
+    return run_server(app, host=settings.host, port=settings.port)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""`libjobs`: the command line. Parsing only; `service.bootstrap.main` wires what a command needs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one clear line and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"libjobs: error: {message} (see '{self.prog} --help')\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="libjobs", description="Scheduled library jobs: an event-sourced job service.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    serve = commands.add_parser("serve", help="run the service (embedded SQLite unless LIBJOBS_DATABASE_URL)")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", help="port to listen on (default 8000)")
+    serve.add_argument("--data-dir", dest="data_dir", help="where embedded data lives (default ./.libjobs)")
+    serve.add_argument("--config", help="TOML config file (or LIBJOBS_CONFIG)")
+    serve.add_argument("--roles", help="comma-separated: api,scheduler,executor,projector (default all)")
+
+    plugin = commands.add_parser("plugin", help="plugin tools")
+    plugin_commands = plugin.add_subparsers(dest="plugin_command", required=True, parser_class=_Parser)
+    fixture = plugin_commands.add_parser("fixture", help="run the reference plugin over stdio")
+    fixture.add_argument("--data", required=True, help="JSON file of series/book metadata to serve")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    return _parser().parse_args(argv)
+
+
+def fail(message: str) -> int:
+    """One clear line on stderr; exit code 2 (bad flags, config or start-up)."""
+    print(f"libjobs: error: {message}", file=sys.stderr)
+    return 2

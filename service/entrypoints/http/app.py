@@ -1,0 +1,181 @@
+"""The Litestar app: routes, auth, JSON errors for everything, request ids, metrics, OpenAPI."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+import msgspec
+from litestar import Litestar, Request, Response, Router
+from litestar.connection import ASGIConnection
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.handlers.base import BaseRouteHandler
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.types import ASGIApp, Message, Receive, Send
+
+from service.domain.errors import DomainError
+from service.entrypoints.errors import decode_error_details, domain_error, error_body, status_phrase
+from service.entrypoints.http import catalog, jobs, meta, ops
+from service.entrypoints.http.auth import AuthError
+from service.entrypoints.http.common import JSON, HttpServices
+
+log = logging.getLogger("libjobs.http")
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_JSON_TYPE = re.compile(r"application/(?:[\w.+-]+\+)?json")
+
+
+def authorize(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    """Guard of every /api/v1 route: credentials (401), then the route's scope (403)."""
+    svc: HttpServices = connection.app.state["services"]
+    found = svc.authenticator.authenticate(
+        connection.headers.get("x-api-key"), connection.headers.get("authorization")
+    )
+    connection.scope["state"]["principal"] = found
+    scope = handler.opt["scope"]
+    if not found.may(scope):
+        raise PermissionError(f"This route needs the '{scope}' scope")
+
+
+async def require_json_body(request: Request[Any, Any, Any]) -> None:
+    """415 before decoding: a body must be JSON (routes that read no body accept an empty one)."""
+    if request.method not in BODY_METHODS:
+        return
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type and _JSON_TYPE.fullmatch(content_type):
+        return
+    if not content_type and not await request.body():
+        return
+    raise HTTPException(
+        status_code=415, detail=f"Content-Type must be application/json, not {content_type!r}"
+    )
+
+
+def _json_error(status: int, body: Any, headers: dict[str, str] | None = None) -> Response[bytes]:
+    return Response(msgspec.json.encode(body), status_code=status, media_type=JSON, headers=headers)
+
+
+def handle_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """The one mapper from any exception to an `ErrorResponse`."""
+    if isinstance(exc, DomainError):
+        status, body = domain_error(exc)
+        return _json_error(status, body)
+    if isinstance(exc, AuthError):
+        return _json_error(
+            401, error_body(401, str(exc)), {"WWW-Authenticate": 'Bearer, ApiKey realm="libjobs"'}
+        )
+    if isinstance(exc, PermissionError):
+        return _json_error(403, error_body(403, str(exc)))
+    if isinstance(exc, ValidationException):
+        extra = exc.extra[0] if isinstance(exc.extra, list) and exc.extra else {}
+        message = str(extra.get("message") or exc.detail)
+        details = decode_error_details(message, extra.get("key"))
+        text = f"Invalid request: {details['field']}: {message}"
+        return _json_error(400, error_body(400, text, details))
+    if isinstance(exc, HTTPException):
+        return _http_error(request, exc)
+    rid = request.scope.get("state", {}).get("request_id")
+    log.exception("unhandled error", extra={"request_id": rid, "path": request.url.path})
+    return _json_error(500, error_body(500, "An internal error occurred"))
+
+
+def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+    """Litestar's own errors (routing, body size, JSON syntax) in our shape, with clearer words."""
+    status = exc.status_code
+    message = exc.detail or status_phrase(status)
+    details: dict[str, str] | None = None
+    if status == 400:  # the body is not JSON at all
+        details = {"field": "body", "code": "malformed_json"}
+        message = f"Malformed JSON body: {message}"
+    elif status == 404 and message == "Not Found":
+        message = f"No route matches {request.method} {request.url.path} (ids in paths are UUIDs)"
+    elif status == 405:
+        message = f"Method {request.method} is not allowed on {request.url.path}"
+    elif status == 413:
+        message = "The request body is larger than 64 KiB"
+    return _json_error(status, error_body(status, message, details), exc.headers)
+
+
+def request_context(app: ASGIApp) -> ASGIApp:
+    """Gives every request an id (`X-Request-Id`, echoed or made), logs one line and records metrics."""
+
+    async def middleware(scope: Any, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        rid = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+            await send(message)
+
+        try:
+            await app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = scope.get("path_template") or "unmatched"
+            svc: HttpServices | None = scope["app"].state.get("services") if "app" in scope else None
+            if svc is not None:
+                svc.metrics.observe_request(scope["method"], route, status, elapsed)
+            log.info(
+                "%s %s %d %.1fms",
+                scope["method"],
+                scope["path"],
+                status,
+                elapsed * 1000,
+                extra={
+                    "request_id": rid,
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 2),
+                },
+            )
+
+    return middleware
+
+
+def create_app(services: HttpServices, *, api: bool = True, debug: bool = False) -> Litestar:
+    """The app; `api=False` serves only the operational routes (a process without the api role)."""
+    router = Router(
+        path="/api/v1",
+        route_handlers=[*jobs.ROUTES, *catalog.ROUTES, *meta.ROUTES],
+        guards=[authorize],
+        before_request=require_json_body,
+        security=[{"ApiKey": []}, {"Bearer": []}],
+    )
+    openapi = OpenAPIConfig(
+        title="libjobs",
+        version="1.0.0",
+        description="Per-library cron jobs that keep a library's metadata fresh through provider plugins.",
+        path="/schema",
+        render_plugins=[ScalarRenderPlugin()],
+        components=Components(
+            security_schemes={
+                "ApiKey": SecurityScheme(type="apiKey", name="X-API-Key", security_scheme_in="header"),
+                "Bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT"),
+            }
+        ),
+    )
+    app = Litestar(
+        route_handlers=[router, *ops.ROUTES] if api else ops.ROUTES,
+        exception_handlers={Exception: handle_error},
+        openapi_config=openapi,
+        request_max_body_size=services.max_body_bytes,
+        middleware=[request_context],
+        debug=debug,
+        logging_config=None,
+    )
+    app.state["services"] = services
+    return app

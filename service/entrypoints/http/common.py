@@ -1,0 +1,173 @@
+"""What every HTTP handler shares: the services, ETags, JSON responses and `Idempotency-Key`."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+import msgspec
+from litestar import Request
+from litestar.openapi.datastructures import ResponseSpec
+
+from contracts.errors import ErrorResponse
+from contracts.jobs import PluginDto
+from service.application import LibraryJobs
+from service.domain.errors import Conflict, DomainError, ValidationFailed
+from service.entrypoints.errors import domain_error
+from service.entrypoints.http.auth import Authenticator, Principal
+from service.ports import CommandContext, IdempotencyStore, ReadModelQueries, StoredResponse, WaitForPosition
+
+T = TypeVar("T")
+JSON = "application/json"
+IDEMPOTENCY_KEY_MAX = 128
+
+
+class RunSync(Protocol):
+    """Runs a blocking call (the event store) in the store's bounded thread pool."""
+
+    def __call__(self, fn: Callable[..., T], /, *args: Any) -> Awaitable[T]: ...
+
+
+class PluginDirectory(Protocol):
+    async def list_plugins(self) -> list[PluginDto]: ...
+
+
+class Metrics(Protocol):
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None: ...
+    def render(self) -> tuple[bytes, str]: ...
+
+
+@dataclass
+class HttpServices:
+    commands: LibraryJobs
+    queries: ReadModelQueries
+    wait_for: WaitForPosition
+    run_sync: RunSync
+    authenticator: Authenticator
+    idempotency: IdempotencyStore
+    plugins: PluginDirectory
+    readiness: Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
+    metrics: Metrics
+    max_body_bytes: int = 64 * 1024
+    # A lock lives while a request holds it, so the map never grows with old keys.
+    _key_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = field(
+        default_factory=weakref.WeakValueDictionary
+    )
+
+
+def services(request: Request[Any, Any, Any]) -> HttpServices:
+    return request.app.state["services"]  # type: ignore[no-any-return]
+
+
+def principal(request: Request[Any, Any, Any]) -> Principal:
+    return request.scope["state"]["principal"]  # type: ignore[no-any-return]
+
+
+def request_id(request: Request[Any, Any, Any]) -> str | None:
+    return request.scope["state"].get("request_id")
+
+
+def context(request: Request[Any, Any, Any]) -> CommandContext:
+    return CommandContext(actor=principal(request).id, request_id=request_id(request))
+
+
+def etag(version: int) -> str:
+    return f'"{version}"'
+
+
+_ETAG_ITEM = re.compile(r'\s*(?:W/)?"([^"]*)"\s*')
+
+
+def if_match_version(request: Request[Any, Any, Any]) -> int | None:
+    """The version named by `If-Match`; None when absent or `*`. A tag no version has never matches."""
+    header = request.headers.get("if-match")
+    if header is None or header.strip() == "*":
+        return None
+    match = _ETAG_ITEM.fullmatch(header.split(",")[0])
+    if match is None or not match.group(1).isdigit():
+        return -1
+    return int(match.group(1))
+
+
+def none_match(request: Request[Any, Any, Any], version: int) -> bool:
+    """True when `If-None-Match` names the current version (or `*`): answer 304."""
+    header = request.headers.get("if-none-match")
+    if header is None:
+        return False
+    if header.strip() == "*":
+        return True
+    tags = {m.group(1) for part in header.split(",") if (m := _ETAG_ITEM.fullmatch(part))}
+    return str(version) in tags
+
+
+def error_responses(*statuses: int) -> dict[int, ResponseSpec]:
+    """OpenAPI entries for the error statuses a route can answer (every route under /api/v1: 401, 403)."""
+    descriptions = {
+        400: "Invalid request (body, query or validation rule); `details` names the field and reason",
+        401: "Missing or invalid credentials",
+        403: "The credentials lack the scope this route needs",
+        404: "Not found",
+        409: "Conflict (e.g. `Idempotency-Key` reused with a different body)",
+        412: "`If-Match` names a version that is no longer current",
+        413: "Body larger than 64 KiB",
+        415: "Body is not `application/json`",
+        503: "A dependency (store, plugin) is unavailable",
+    }
+    return {
+        s: ResponseSpec(data_container=ErrorResponse, description=descriptions[s], generate_examples=False)
+        for s in sorted({401, 403, *statuses})
+    }
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+async def idempotent(request: Request[Any, Any, Any], handle: Callable[[], Awaitable[Reply]]) -> Reply:
+    """Runs a POST once per `Idempotency-Key`: a retry with the same body gets the first reply."""
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return await handle()
+    if not key or len(key) > IDEMPOTENCY_KEY_MAX:
+        raise ValidationFailed(
+            "Idempotency-Key", "invalid_header", f"Idempotency-Key must be 1-{IDEMPOTENCY_KEY_MAX} characters"
+        )
+    svc = services(request)
+    scoped = f"{principal(request).id}\n{key}"
+    body = await request.body()
+    fingerprint = hashlib.sha256(
+        b"\n".join([request.method.encode(), request.url.path.encode(), body])
+    ).hexdigest()
+    lock = svc._key_locks.get(scoped)
+    if lock is None:
+        lock = svc._key_locks[scoped] = asyncio.Lock()
+    async with lock:  # one request per key at a time in this process; the store settles the rest
+        stored = await svc.run_sync(svc.idempotency.get, scoped)
+        if stored is not None:
+            if stored.fingerprint != fingerprint:
+                raise IdempotencyMismatch
+            return Reply(stored.status, stored.body, {**stored.headers, "Idempotent-Replayed": "true"})
+        try:
+            reply = await handle()
+        except DomainError as e:
+            status, error = domain_error(e)
+            if status >= 500:
+                raise
+            reply = Reply(status, msgspec.json.encode(error))
+        await svc.run_sync(
+            svc.idempotency.put, scoped, StoredResponse(fingerprint, reply.status, reply.body, reply.headers)
+        )
+        return reply
+
+
+class IdempotencyMismatch(Conflict):
+    def __init__(self) -> None:
+        super().__init__("Idempotency-Key was already used with a different request")

@@ -1,0 +1,53 @@
+"""Wire bodies (contracts) to domain drafts; shared by the HTTP and NATS entrypoints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from contracts.jobs import CreateLibraryJobRequest, MetadataRefreshConfigInput, PatchLibraryJobRequest
+from service.domain.jobs import MISSING, ConfigDraft, CreateDraft, Missing, PatchDraft
+
+
+def _opt(value: Any) -> Any:
+    return None if value is msgspec.UNSET else value
+
+
+def _tri(value: Any) -> Any | Missing:
+    return MISSING if value is msgspec.UNSET else value
+
+
+def config_draft(config: MetadataRefreshConfigInput) -> ConfigDraft:
+    return ConfigDraft(
+        provider=config.provider,
+        scope=config.scope,
+        field_groups=_opt(config.field_groups),
+        extra_fields=config.extra_fields,
+        book_field_groups=_opt(config.book_field_groups),
+        book_extra_fields=config.book_extra_fields,
+        existing_source_ids_only=config.existing_source_ids_only,
+        skip_recently_synced_within_s=config.skip_recently_synced_within_s,
+        max_concurrency=config.max_concurrency,
+    )
+
+
+def create_draft(body: CreateLibraryJobRequest) -> CreateDraft:
+    return CreateDraft(
+        cron_schedule=body.cron_schedule,
+        config=config_draft(body.config),
+        name=body.name,
+        enabled=body.enabled,
+        timezone=body.timezone,
+    )
+
+
+def patch_draft(body: PatchLibraryJobRequest) -> PatchDraft:
+    config = body.config
+    return PatchDraft(
+        name=_tri(body.name),
+        enabled=_tri(body.enabled),
+        cron_schedule=_tri(body.cron_schedule),
+        timezone=_tri(body.timezone),
+        config=config_draft(config) if isinstance(config, MetadataRefreshConfigInput) else _tri(config),
+    )
