@@ -46,9 +46,8 @@ class ServeProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.data_dir.parent / f"serve-{self.port}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("LIBJOBS_")} | self.env
-        command = [
-            *libjobs_command(), "serve", "--port", str(self.port), "--data-dir", str(self.data_dir), *self.args
-        ]
+        flags = ["--port", str(self.port), "--data-dir", str(self.data_dir), *self.args]
+        command = [*libjobs_command(), "serve", *flags]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout_s
