@@ -12,6 +12,7 @@ from uuid import UUID
 import msgspec
 
 from contracts.catalog import LibraryDto
+from projections.rows import ViewRow
 from service.domain.catalog import Book, CatalogItem, Library, Series
 
 _encode = msgspec.json.encode
@@ -117,15 +118,18 @@ class CatalogView:
     _known: dict[UUID, tuple[UUID, datetime]] = field(default_factory=dict)
     _libraries_json: bytes | None = None
 
-    def apply(self, event: Any) -> bool:
-        """Applies one stored event; True when it changed the catalog."""
+    def apply(self, event: Any) -> list[tuple[str, str]]:
+        """Applies one stored event; returns the (kind, key) rows it touched."""
         if isinstance(event, Library.Event):
             self._apply_library(event)
-            return True
-        if isinstance(event, Series.Event | Book.Event):
-            self._apply_item(self.books if isinstance(event, Book.Event) else self.series, event)
-            return True
-        return False
+            kind = "library"
+        elif isinstance(event, Series.Event | Book.Event):
+            kind = "book" if isinstance(event, Book.Event) else "series"
+            self._apply_item(self.books if kind == "book" else self.series, event)
+        else:
+            return []
+        catalog_id, _ = self._known[event.originator_id]
+        return [(kind, str(catalog_id)), ("alias", str(event.originator_id))]
 
     def _apply_library(self, event: Library.Event) -> None:
         self._libraries_json = None
@@ -169,3 +173,36 @@ class CatalogView:
     def item_json(self, index: ItemIndex, library_id: UUID, item_id: UUID) -> bytes | None:
         row = index.rows.get(item_id)
         return row.json if row is not None and row.library_id == library_id else None
+
+    # --- persistence --------------------------------------------------------------------------------
+
+    def row(self, kind: str, key: str) -> ViewRow | None:
+        if kind == "alias":
+            catalog_id, created_at = self._known[UUID(key)]
+            return ViewRow("alias", key, None, _encode((catalog_id, created_at)))
+        if kind == "library":
+            library = self.libraries.get(UUID(key))
+            return None if library is None else ViewRow("library", key, key, library.json)
+        item = (self.books if kind == "book" else self.series).rows.get(UUID(key))
+        return None if item is None else ViewRow(kind, key, str(item.library_id), item.json)
+
+    def dump(self) -> list[ViewRow]:
+        keys = [("alias", str(a)) for a in self._known]
+        keys += [("library", str(i)) for i in self.libraries]
+        keys += [("series", str(i)) for i in self.series.rows]
+        keys += [("book", str(i)) for i in self.books.rows]
+        return [row for kind, key in keys if (row := self.row(kind, key)) is not None]
+
+    def restore(self, row: ViewRow) -> None:
+        self._libraries_json = None
+        if row.kind == "alias":
+            self._known[UUID(row.key)] = msgspec.json.decode(row.payload, type=tuple[UUID, datetime])
+        elif row.kind == "library":
+            dto = msgspec.json.decode(row.payload, type=LibraryDto)
+            self.libraries[dto.id] = LibraryRow(dto.id, dto.name, dto.created_at, dto.updated_at, row.payload)
+        else:
+            state = msgspec.json.decode(row.payload)
+            item_id, library_id = UUID(state.pop("id")), UUID(state.pop("libraryId"))
+            updated_at = msgspec.convert(state.pop("updatedAt"), datetime)
+            index = self.books if row.kind == "book" else self.series
+            index.put(ItemRow(item_id, library_id, state, updated_at))

@@ -14,8 +14,9 @@ from uuid import UUID
 import msgspec
 
 from contracts.jobs import LibraryJobDto, MetadataRefreshConfigDto
+from projections.rows import ViewRow
 from service.domain.cron import parse_cron
-from service.domain.jobs import JobDefinition, LibraryJob
+from service.domain.jobs import JobDefinition, LibraryJob, RefreshConfig
 from service.domain.timezones import zone
 
 _encode = msgspec.json.encode
@@ -61,7 +62,7 @@ class JobRow:
 
 @dataclass
 class JobsView:
-    """Pure state: apply events in store order; read ready-encoded JSON."""
+    """Pure state: apply events in store order; read ready-encoded JSON; dump and restore rows."""
 
     default_timezone: str = "UTC"
     rows: dict[UUID, JobRow] = field(default_factory=dict)
@@ -126,10 +127,46 @@ class JobsView:
     def jobs_json(self, library_id: UUID) -> bytes:
         cached = self._lists.get(library_id)
         if cached is None:
-            ids = self.by_library.get(library_id, {})
-            cached = b'{"jobs":[' + b",".join(self.rows[i].json for i in ids) + b"]}"
+            jobs = sorted((self.rows[i] for i in self.by_library.get(library_id, {})), key=_creation_order)
+            cached = b'{"jobs":[' + b",".join(row.json for row in jobs) + b"]}"
             self._lists[library_id] = cached
         return cached
 
     def job_ids(self, library_id: UUID) -> tuple[UUID, ...]:
         return tuple(self.by_library.get(library_id, {}))
+
+    # --- persistence --------------------------------------------------------------------------------
+
+    def row(self, job_id: UUID) -> ViewRow | None:
+        found = self.rows.get(job_id)
+        return None if found is None else ViewRow("job", str(job_id), str(found.library_id), found.json)
+
+    def dump(self) -> list[ViewRow]:
+        return [ViewRow("job", str(r.id), str(r.library_id), r.json) for r in self.rows.values()]
+
+    def restore(self, row: ViewRow) -> None:
+        """Rebuilds a job's state from its persisted DTO bytes (which it keeps as they are)."""
+        dto = msgspec.json.decode(row.payload, type=LibraryJobDto)
+        config = RefreshConfig.from_dict(msgspec.structs.asdict(dto.config))
+        job = JobRow(
+            id=dto.id,
+            library_id=dto.library_id,
+            definition=JobDefinition(dto.name, dto.cron_schedule, dto.timezone, config),
+            enabled=dto.enabled,
+            created_at=dto.created_at,
+            updated_at=dto.updated_at,
+            version=dto.version,
+            last_run_at=dto.last_run_at,
+            last_run_status=dto.last_run_status,
+            last_run_message=dto.last_run_message,
+            next_run_at=dto.next_run_at,
+            current_run_id=dto.current_run_id,
+            json=row.payload,
+        )
+        self.rows[job.id] = job
+        self.by_library.setdefault(job.library_id, {})[job.id] = None
+        self._lists.pop(job.library_id, None)
+
+
+def _creation_order(row: JobRow) -> tuple[datetime, str]:
+    return row.created_at, str(row.id)

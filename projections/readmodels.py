@@ -12,23 +12,62 @@ from uuid import UUID
 
 from projections.catalog import CatalogView
 from projections.jobs import JobsView
+from projections.rows import ViewRow
 from service.ports import LibraryContents
 
 
 class ReadModels:
     def __init__(self, *, default_timezone: str = "UTC") -> None:
-        self.jobs = JobsView(default_timezone=default_timezone)
+        self._default_timezone = default_timezone
+        self.reset()
+
+    def reset(self) -> None:
+        """Back to the empty models of position 0."""
+        self.jobs = JobsView(default_timezone=self._default_timezone)
         self.catalog = CatalogView()
         self._position = 0
+        self._dirty: set[tuple[str, str]] = set()
 
     def apply(self, batch: Iterable[tuple[int, Any]]) -> int:
         for position, event in batch:
             if position <= self._position:
                 continue  # already applied: following is at-least-once, applying is exactly-once
-            self.jobs.apply(event)
-            self.catalog.apply(event)
+            job_id = self.jobs.apply(event)
+            if job_id is not None:
+                self._dirty.add(("job", str(job_id)))
+            self._dirty.update(self.catalog.apply(event))
             self._position = position
         return self._position
+
+    # --- persistence --------------------------------------------------------------------------------
+
+    def take_changes(self) -> tuple[int, list[ViewRow], list[tuple[str, str]]]:
+        """The rows changed since the last call: (position, rows to write, (kind, key) to delete)."""
+        upserts, deletes = [], []
+        for kind, key in sorted(self._dirty):
+            row = self.jobs.row(UUID(key)) if kind == "job" else self.catalog.row(kind, key)
+            if row is None:
+                deletes.append((kind, key))
+            else:
+                upserts.append(row)
+        self._dirty.clear()
+        return self._position, upserts, deletes
+
+    def forget_changes(self) -> None:
+        self._dirty.clear()
+
+    def dump(self) -> tuple[int, list[ViewRow]]:
+        return self._position, [*self.jobs.dump(), *self.catalog.dump()]
+
+    def restore(self, position: int, rows: Iterable[ViewRow]) -> None:
+        """Loads persisted rows (aliases first: other rows' events refer to them)."""
+        for row in sorted(rows, key=lambda r: r.kind != "alias"):
+            if row.kind == "job":
+                self.jobs.restore(row)
+            else:
+                self.catalog.restore(row)
+        self._position = position
+        self._dirty.clear()
 
     # --- ReadModelQueries ---------------------------------------------------------------------------
 

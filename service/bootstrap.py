@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -16,6 +17,7 @@ from typing import Any, TypeVar
 from litestar import Litestar
 
 from projections.readmodels import ReadModels
+from projections.sqlview import PostgresViewStore, SqliteViewStore
 from service.adapters.follower import Follower
 from service.adapters.idempotency import PostgresIdempotencyStore, SqliteIdempotencyStore
 from service.adapters.logs import configure_logging
@@ -79,6 +81,9 @@ class Service:
         )
         self.metrics.track_lag(self.reader.max_position, lambda: self.follower.position)
         self.idempotency = self._idempotency_store()
+        self.views = self._view_store()
+        self._leading = False
+        self._persister: asyncio.Task[None] | None = None
         self._listener: PostgresListener | None = None
         if settings.database_url is not None:
             channel = self.commands.recorder.channel_name  # type: ignore[attr-defined]
@@ -96,6 +101,12 @@ class Service:
             return SqliteIdempotencyStore(self.settings.data_dir / "state.sqlite3")
         return PostgresIdempotencyStore(PostgresTarget.from_url(self.settings.database_url))
 
+    def _view_store(self) -> SqliteViewStore | PostgresViewStore:
+        if self.settings.database_url is None:
+            return SqliteViewStore(self.settings.data_dir / "views.sqlite3")
+        target = PostgresTarget.from_url(self.settings.database_url)
+        return PostgresViewStore(target.params(), target.schema)
+
     def _library_contents(self, library_id: Any) -> Any:
         self.catch_up()  # a library's contents must include everything stored before its deletion
         return self.models.library_contents(library_id)
@@ -106,6 +117,45 @@ class Service:
             while batch := self.reader.read(self.models.position(), 1000):
                 self.models.apply(batch)
             return self.models.position()
+
+    def load_views(self) -> None:
+        """Starts the read models from the persisted rows instead of replaying the whole store."""
+        try:
+            position, rows = self.views.load()
+            if position > self.reader.max_position():
+                log.warning("the persisted read models are ahead of the store; replaying the store")
+                return
+            with self._catch_up_lock:
+                self.models.restore(position, rows)
+        except Exception:  # an unreadable snapshot only costs a replay
+            log.exception("could not load the persisted read models; replaying the store")
+            with self._catch_up_lock:
+                self.models.reset()
+
+    def persist_views(self) -> None:
+        """The projector role: writes changed rows with their position, when this process leads."""
+        with self._catch_up_lock:
+            if "projector" not in self.settings.roles or not self.views.try_lead():
+                self.models.forget_changes()
+                self._leading = False
+                return
+            if not self._leading:  # newly leading: whatever the table holds, make it equal ours
+                position, rows = self.models.dump()
+                self.models.forget_changes()
+                self.views.save(position, rows, [], replace_all=True)
+                self._leading = True
+                return
+            position, upserts, deletes = self.models.take_changes()
+        if upserts or deletes:
+            self.views.save(position, upserts, deletes)
+
+    async def _persist_forever(self, interval_s: float = 0.25) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.run_sync(self.persist_views)
+            except Exception:
+                log.exception("persisting the read models failed; will retry")
 
     def run_sync(self, fn: Callable[..., T], /, *args: Any) -> Awaitable[T]:
         return asyncio.get_running_loop().run_in_executor(self.executor, partial(fn, *args))
@@ -126,7 +176,9 @@ class Service:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        await self.run_sync(self.load_views)
         await self.follower.start()
+        self._persister = asyncio.create_task(self._persist_forever(), name="persist-views")
         if self._listener is not None:
             self._listener.start()
         self.plugin_host.start_idle_reaper()
@@ -137,6 +189,11 @@ class Service:
 
     async def stop(self) -> None:
         await self.follower.stop()
+        if self._persister is not None:
+            self._persister.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._persister
+            await self.run_sync(self.persist_views)
         if self._listener is not None:
             self._listener.stop()
         await self.plugin_host.stop_idle_reaper()
@@ -145,6 +202,7 @@ class Service:
         close = getattr(self.idempotency, "close", None)
         if close is not None:
             close()
+        self.views.close()
         self.commands.close()
         log.info("libjobs stopped")
 

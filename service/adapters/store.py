@@ -38,10 +38,17 @@ class PostgresTarget:
             schema=query.get("schema", "public"),
         )
 
+    def params(self) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "port": self.port,
+            "dbname": self.dbname,
+            "user": self.user,
+            "password": self.password,
+        }
+
     def conninfo(self) -> str:
-        return psycopg.conninfo.make_conninfo(
-            host=self.host, port=self.port, dbname=self.dbname, user=self.user, password=self.password
-        )
+        return psycopg.conninfo.make_conninfo(**self.params())
 
 
 def store_env(

@@ -56,6 +56,9 @@ class Library(Aggregate):
         def apply(self, aggregate: Any) -> None:
             aggregate.deleted = True
 
+    # Without this, eventsourcing adds a `Created` class that would share the `Event` topic.
+    Created = Registered
+
     def __init__(self, library_id: UUID, name: str, actor: str | None, request_id: str | None) -> None:
         self.library_id = library_id
         self.name = name
@@ -114,6 +117,8 @@ class CatalogItem(Aggregate):
         def apply(self, aggregate: Any) -> None:
             aggregate.deleted = True
 
+    Created = Upserted
+
     def __init__(
         self,
         item_id: UUID,
@@ -162,6 +167,8 @@ class Series(CatalogItem):
     class Deleted(Event, CatalogItem.Deleted):
         TOPIC = "libjobs:Series.Deleted"
 
+    Created = Upserted
+
     @classmethod
     def new(
         cls,
@@ -199,6 +206,8 @@ class Book(CatalogItem):
 
     class Deleted(Event, CatalogItem.Deleted):
         TOPIC = "libjobs:Book.Deleted"
+
+    Created = Upserted
 
     @classmethod
     def new(

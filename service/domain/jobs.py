@@ -211,20 +211,39 @@ def _dedupe(items: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
+def _side_fields(side: str) -> tuple[str, str]:
+    if side == "series":
+        return "config.fieldGroups", "config.extraFields"
+    return "config.bookFieldGroups", "config.bookExtraFields"
+
+
+def _check_scope(draft: ConfigDraft) -> None:
+    """Rule 5: a known scope, and nothing selected on the side it does not touch."""
+    if draft.scope not in SCOPES:
+        raise ValidationFailed("config.scope", "invalid_enum", f"scope must be one of {', '.join(SCOPES)}")
+    untouched = "book" if draft.scope == "series_only" else "series" if draft.scope == "books_only" else None
+    if untouched is None:
+        return
+    groups_field, extras_field = _side_fields(untouched)
+    side_values = (
+        (draft.field_groups, draft.extra_fields)
+        if untouched == "series"
+        else (draft.book_field_groups, draft.book_extra_fields)
+    )
+    for field, values in zip((groups_field, extras_field), side_values, strict=True):
+        if values:
+            raise ValidationFailed(
+                field, "fields_outside_scope", f"{field} must be empty for scope {draft.scope!r}"
+            )
+
+
 def _check_side(
     *, side: str, scope: str, groups: list[str] | None, extras: list[str] | None
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Rules 5 and 6 for one side (`series` or `book`) of a config."""
-    touched = scope in (SERIES_SCOPES if side == "series" else BOOK_SCOPES)
-    groups_field = "config.fieldGroups" if side == "series" else "config.bookFieldGroups"
-    extras_field = "config.extraFields" if side == "series" else "config.bookExtraFields"
-    if not touched:
-        for field, values in ((groups_field, groups), (extras_field, extras)):
-            if values:
-                raise ValidationFailed(
-                    field, "fields_outside_scope", f"{field} must be empty for scope {scope!r}"
-                )
+    """Rule 6 for one side (`series` or `book`) of a config whose scope was checked."""
+    if scope not in (SERIES_SCOPES if side == "series" else BOOK_SCOPES):
         return (), ()
+    groups_field, extras_field = _side_fields(side)
     allowed_groups = GROUPS_BY_ID.keys() - (BOOK_ONLY_GROUPS if side == "series" else set())
     allowed_fields = ALL_FIELDS - (BOOK_ONLY_FIELDS if side == "series" else set())
     chosen = list(DEFAULT_GROUPS) if groups is None else groups
@@ -261,6 +280,7 @@ def validate_config(
     """Rules 4 to 7. `check_provider=False` keeps PATCH from judging a provider it did not change."""
     if check_provider:
         _check_provider(draft.provider, draft.scope, providers)
+    _check_scope(draft)
     series_groups, series_extras = _check_side(
         side="series", scope=draft.scope, groups=draft.field_groups, extras=draft.extra_fields
     )
@@ -275,10 +295,10 @@ def validate_config(
         book_field_groups=book_groups,
         book_extra_fields=book_extras,
         existing_source_ids_only=draft.existing_source_ids_only,
+        max_concurrency=_check_range(draft.max_concurrency, MAX_CONCURRENCY_RANGE, "config.maxConcurrency"),
         skip_recently_synced_within_s=_check_range(
             draft.skip_recently_synced_within_s, SKIP_RECENT_RANGE, "config.skipRecentlySyncedWithinS"
         ),
-        max_concurrency=_check_range(draft.max_concurrency, MAX_CONCURRENCY_RANGE, "config.maxConcurrency"),
     )
 
 
