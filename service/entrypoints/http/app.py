@@ -75,6 +75,10 @@ def handle_error(request: Request[Any, Any, Any], exc: Exception) -> Response[by
         extra = exc.extra[0] if isinstance(exc.extra, list) and exc.extra else {}
         message = str(extra.get("message") or exc.detail)
         details = decode_error_details(message, extra.get("key"))
+        if request.method == "PATCH" and details == {"field": "config.type", "code": "invalid_value"}:
+            # Only metadata_refresh exists, so any other type on a PATCH differs from the job's.
+            details["code"] = "type_mismatch"
+            message = "config.type must equal the job's type (metadata_refresh)"
         text = f"Invalid request: {details['field']}: {message}"
         return _json_error(400, error_body(400, text, details))
     if isinstance(exc, HTTPException):
