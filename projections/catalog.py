@@ -14,6 +14,7 @@ import msgspec
 from contracts.catalog import LibraryDto
 from projections.rows import ViewRow
 from service.domain.catalog import Book, CatalogItem, Library, Series
+from service.domain.errors import ValidationFailed
 
 _encode = msgspec.json.encode
 SortKey = tuple[str, str]
@@ -92,8 +93,11 @@ class ItemIndex:
         return tuple(UUID(k[1]) for k in self.order.get(library_id, []))
 
 
-class BadCursor(ValueError):
-    """A `cursor` query parameter that this service did not hand out."""
+class BadCursor(ValidationFailed):
+    """A `cursor` query parameter that this service did not hand out (400)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("cursor", "invalid_cursor", message)
 
 
 def encode_cursor(key: SortKey) -> str:

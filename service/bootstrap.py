@@ -15,6 +15,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from litestar import Litestar
+from litestar.types import ASGIApp
 
 from projections.readmodels import ReadModels
 from projections.sqlview import PostgresViewStore, SqliteViewStore
@@ -28,7 +29,7 @@ from service.adapters.store import PostgresListener, PostgresTarget, StoreReader
 from service.application import LibraryJobs
 from service.domain.jobs import ValidationPolicy
 from service.entrypoints import cli
-from service.entrypoints.http.app import create_app
+from service.entrypoints.http.app import create_app, with_request_context
 from service.entrypoints.http.auth import Authenticator, sha256_hex
 from service.entrypoints.http.common import HttpServices
 from service.entrypoints.serve import run_server
@@ -224,6 +225,10 @@ class Service:
         app.on_shutdown.append(self.stop)
         return app
 
+    def asgi(self, authenticator: Authenticator) -> ASGIApp:
+        """What the server runs: the app inside the request-context wrapper."""
+        return with_request_context(self.http_app(authenticator), self.metrics)
+
 
 def api_keys(settings: Settings, *, announce: Callable[[str], None] = print) -> tuple[ApiKeySpec, ...]:
     """The configured keys, plus `LIBJOBS_API_KEY`; with none at all, an admin key made at first start."""
@@ -251,10 +256,10 @@ def api_keys(settings: Settings, *, announce: Callable[[str], None] = print) -> 
     return (ApiKeySpec(id="generated-admin", sha256=digest, scopes=frozenset({"admin"})),)
 
 
-def build_http(settings: Settings, *, clock: Clock | None = None) -> tuple[Service, Litestar]:
+def build_http(settings: Settings, *, clock: Clock | None = None) -> tuple[Service, ASGIApp]:
     service = Service(settings, clock=clock)
     authenticator = Authenticator(api_keys(settings), settings.jwt)
-    return service, service.http_app(authenticator)
+    return service, service.asgi(authenticator)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

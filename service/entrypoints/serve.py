@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import uvicorn
-from litestar import Litestar
+from litestar.types import ASGIApp
 
 
-def run_server(app: Litestar, *, host: str, port: int, drain_s: float = 30) -> int:
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # uvicorn re-raises a captured SIGTERM/SIGINT after its graceful shutdown, so the process would
+        # die of the signal; a requested stop that drained cleanly is a normal exit (code 0).
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
+
+
+def run_server(app: ASGIApp, *, host: str, port: int, drain_s: float = 30) -> int:
     config = uvicorn.Config(
         app,
         host=host,
@@ -16,6 +29,6 @@ def run_server(app: Litestar, *, host: str, port: int, drain_s: float = 30) -> i
         lifespan="on",
         timeout_graceful_shutdown=int(drain_s),
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
     server.run()  # SIGTERM/SIGINT: stop accepting, finish in-flight requests, run shutdown, return
     return 0 if server.started else 1

@@ -22,7 +22,7 @@ from service.domain.errors import DomainError
 from service.entrypoints.errors import decode_error_details, domain_error, error_body, status_phrase
 from service.entrypoints.http import catalog, jobs, meta, ops
 from service.entrypoints.http.auth import AuthError
-from service.entrypoints.http.common import JSON, HttpServices
+from service.entrypoints.http.common import JSON, HttpServices, Metrics
 
 log = logging.getLogger("libjobs.http")
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -42,18 +42,33 @@ def authorize(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRoute
         raise PermissionError(f"This route needs the '{scope}' scope")
 
 
-async def require_json_body(request: Request[Any, Any, Any]) -> None:
-    """415 before decoding: a body must be JSON (routes that read no body accept an empty one)."""
+async def check_body(request: Request[Any, Any, Any]) -> None:
+    """Before Litestar decodes `data`: the body must be JSON (415) of exactly the declared shape (400).
+
+    Litestar converts bodies in msgspec's lax mode ("4" would pass for 4); this strict decode first makes
+    a wrong JSON type a 400 `wrong_type`, as clients of SPEC §2.1 expect.
+    """
     if request.method not in BODY_METHODS:
         return
+    body = await request.body()
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type and _JSON_TYPE.fullmatch(content_type):
+    if not (content_type and _JSON_TYPE.fullmatch(content_type)):
+        if not content_type and not body:
+            return
+        raise HTTPException(
+            status_code=415, detail=f"Content-Type must be application/json, not {content_type!r}"
+        )
+    declared = request.route_handler.parsed_fn_signature.parameters.get("data")
+    if declared is None:
         return
-    if not content_type and not await request.body():
-        return
-    raise HTTPException(
-        status_code=415, detail=f"Content-Type must be application/json, not {content_type!r}"
-    )
+    try:
+        msgspec.json.decode(body, type=declared.annotation, strict=True)
+    except msgspec.ValidationError as e:
+        message, _, path = str(e).partition(" - at `$")
+        key = path.rstrip("`").lstrip(".") or None
+        raise ValidationException(extra=[{"message": message, "key": key, "source": "body"}]) from None
+    except msgspec.DecodeError as e:
+        raise HTTPException(status_code=400, detail=f"JSON is malformed: {e}") from None
 
 
 def _json_error(status: int, body: Any, headers: dict[str, str] | None = None) -> Response[bytes]:
@@ -105,8 +120,9 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
     return _json_error(status, error_body(status, message, details), exc.headers)
 
 
-def request_context(app: ASGIApp) -> ASGIApp:
-    """Gives every request an id (`X-Request-Id`, echoed or made), logs one line and records metrics."""
+def with_request_context(app: ASGIApp, metrics: Metrics) -> ASGIApp:
+    """Wraps the whole app, so that every response, unmatched routes included, carries `X-Request-Id`
+    (echoed when valid, else made), is logged in one line and counted in the metrics."""
 
     async def middleware(scope: Any, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -130,9 +146,7 @@ def request_context(app: ASGIApp) -> ASGIApp:
         finally:
             elapsed = time.perf_counter() - started
             route = scope.get("path_template") or "unmatched"
-            svc: HttpServices | None = scope["app"].state.get("services") if "app" in scope else None
-            if svc is not None:
-                svc.metrics.observe_request(scope["method"], route, status, elapsed)
+            metrics.observe_request(scope["method"], route, status, elapsed)
             log.info(
                 "%s %s %d %.1fms",
                 scope["method"],
@@ -156,7 +170,7 @@ def create_app(services: HttpServices, *, api: bool = True, debug: bool = False)
         path="/api/v1",
         route_handlers=[*jobs.ROUTES, *catalog.ROUTES, *meta.ROUTES],
         guards=[authorize],
-        before_request=require_json_body,
+        before_request=check_body,
         security=[{"ApiKey": []}, {"Bearer": []}],
     )
     openapi = OpenAPIConfig(
@@ -177,7 +191,6 @@ def create_app(services: HttpServices, *, api: bool = True, debug: bool = False)
         exception_handlers={Exception: handle_error},
         openapi_config=openapi,
         request_max_body_size=services.max_body_bytes,
-        middleware=[request_context],
         debug=debug,
         logging_config=None,
     )
