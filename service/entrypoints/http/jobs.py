@@ -38,11 +38,16 @@ def _json(reply: Reply) -> Response[bytes]:
     return Response(reply.body, status_code=reply.status, media_type=JSON, headers=reply.headers)
 
 
-def _job_reply(request: Request[Any, Any, Any], library_id: UUID, job_id: UUID, status: int) -> Reply:
+def _job(request: Request[Any, Any, Any], library_id: UUID, job_id: UUID) -> tuple[bytes, int]:
+    """The job's DTO bytes and version, from the read model."""
     found = services(request).queries.job_json(library_id, job_id)
     if found is None:
         raise NotFound("Job not found")
-    body, version = found
+    return found
+
+
+def _job_reply(request: Request[Any, Any, Any], library_id: UUID, job_id: UUID, status: int) -> Reply:
+    body, version = _job(request, library_id, job_id)
     return Reply(status, body, {"ETag": etag(version)})
 
 
@@ -96,10 +101,11 @@ async def create_job(
     responses=error_responses(404),
 )
 async def get_job(request: Request[Any, Any, Any], library_id: UUID, job_id: UUID) -> Response[LibraryJobDto]:
-    reply = _job_reply(request, library_id, job_id, HTTP_200_OK)
-    if none_match(request, int(reply.headers["ETag"].strip('"'))):
-        return Response(b"", status_code=HTTP_304_NOT_MODIFIED, headers=reply.headers)  # type: ignore[arg-type]
-    return _json(reply)  # type: ignore[return-value]
+    body, version = _job(request, library_id, job_id)
+    headers = {"ETag": etag(version)}
+    if none_match(request, version):
+        return Response(b"", status_code=HTTP_304_NOT_MODIFIED, headers=headers)  # type: ignore[arg-type]
+    return Response(body, media_type=JSON, headers=headers)  # type: ignore[arg-type]
 
 
 @patch(
