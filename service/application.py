@@ -59,12 +59,14 @@ class LibraryJobs(Application[UUID]):
         *,
         providers: ProviderLookup,
         library_contents: Callable[[UUID], LibraryContents],
+        library_known: Callable[[UUID], bool] = lambda _: False,
         policy: ValidationPolicy | None = None,
         clock: Clock | None = None,
     ) -> None:
         super().__init__(env)
         self.providers = providers
         self.library_contents = library_contents
+        self.library_known = library_known
         self.policy = policy or ValidationPolicy()
         self.clock = clock or SystemClock()
 
@@ -72,7 +74,8 @@ class LibraryJobs(Application[UUID]):
 
     def create_job(self, library_id: UUID, draft: CreateDraft, ctx: CommandContext) -> Saved:
         definition, enabled = validate_create(draft, self.policy, self.providers)
-        self._live_library(library_id)
+        if not self.library_known(library_id):  # the read model answers fast; the store is the authority
+            self._live_library(library_id)
         job = LibraryJob.create(
             job_id=uuid.uuid4(),
             library_id=library_id,

@@ -40,6 +40,7 @@ T = TypeVar("T")
 log = logging.getLogger("libjobs")
 ADMIN_KEY_FILE = "admin-api-key"
 READY_MAX_LAG = 1000
+CATCH_UP_BATCH = 1000
 
 
 class Service:
@@ -70,6 +71,7 @@ class Service:
             env,
             providers=self.plugins.provider_info,
             library_contents=self._library_contents,
+            library_known=self.models.library_exists,
             policy=ValidationPolicy(min_interval_s=settings.min_interval_s),
             clock=clock,
         )
@@ -115,9 +117,11 @@ class Service:
     def catch_up(self) -> int:
         """Applies every stored event not yet in the read models; safe from any thread."""
         with self._catch_up_lock:
-            while batch := self.reader.read(self.models.position(), 1000):
+            while True:
+                batch = self.reader.read(self.models.position(), CATCH_UP_BATCH)
                 self.models.apply(batch)
-            return self.models.position()
+                if len(batch) < CATCH_UP_BATCH:  # nothing more was stored: spare the empty SELECT
+                    return self.models.position()
 
     def load_views(self) -> None:
         """Starts the read models from the persisted rows instead of replaying the whole store."""

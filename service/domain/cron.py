@@ -11,6 +11,7 @@ from __future__ import annotations
 import calendar
 import itertools
 import re
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -105,7 +106,8 @@ class CronSchedule:
         if after.tzinfo is None or after.utcoffset() is None:
             raise ValueError("next_after needs an aware datetime")
         limit = after + _HORIZON
-        it = croniter(self.expression, after.astimezone(tz), second_at_beginning=True)
+        it = _iterator(self.expression)
+        it.set_current(after.astimezone(tz), force=True)
         # croniter is strictly-after already; the loop only guards against a DST fold handing back
         # a wall time whose UTC instant is not later than `after`.
         for _ in range(4):
@@ -119,6 +121,23 @@ class CronSchedule:
             if fire_utc > after:
                 return fire_utc
         return None
+
+
+_iterators = threading.local()
+
+
+def _iterator(expression: str) -> croniter:
+    """A croniter per expression and thread: building one re-parses the expression (~60 µs), and an
+    iterator is stateful, so threads must not share it."""
+    cache: dict[str, croniter] | None = getattr(_iterators, "cache", None)
+    if cache is None:
+        cache = _iterators.cache = {}
+    it = cache.get(expression)
+    if it is None:
+        if len(cache) > 4096:
+            cache.clear()
+        it = cache[expression] = croniter(expression, second_at_beginning=True)
+    return it
 
 
 def parse_cron(expr: str, *, min_interval_s: int) -> CronSchedule:
