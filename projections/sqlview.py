@@ -9,6 +9,7 @@ old table is never read as if it were current (it is rebuilt from the store).
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +25,14 @@ from projections.rows import ViewRow
 
 VIEWS_NAME = "views_v1"
 TABLE = "libjobs_view_rows"
-LOCK_KEY = 0x6C69626A6F6273  # "libjobs": the advisory lock of the projector that writes the views
+
+
+def _lock_key(schema: str, name: str) -> int:
+    """The advisory lock of the projector that writes these views. Advisory locks are database-wide:
+    the key names the schema, so deployments sharing a database (one schema each) do not exclude
+    each other."""
+    digest = hashlib.sha256(f"libjobs:{schema}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 class SqliteViewStore(SQLiteTrackingRecorder):
@@ -105,6 +113,7 @@ class PostgresViewStore(PostgresTrackingRecorder):
         super().__init__(datastore, tracking_table_name="libjobs_view_tracking")
         self.name = name
         self._conninfo = conninfo
+        self._schema = schema
         self._table = Identifier(schema, TABLE)
         self._leader: psycopg.Connection[Any] | None = None
         self.sql_create_statements.append(
@@ -120,7 +129,9 @@ class PostgresViewStore(PostgresTrackingRecorder):
         if self._leader is not None and not self._leader.closed:
             return True
         conn = psycopg.connect(autocommit=True, connect_timeout=5, **self._conninfo)
-        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()
+        row = conn.execute(
+            "SELECT pg_try_advisory_lock(%s)", (_lock_key(self._schema, self.name),)
+        ).fetchone()
         if row is None or not row[0]:
             conn.close()
             return False

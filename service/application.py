@@ -7,8 +7,10 @@ retries, and `If-Match` is re-checked against what it reloaded.
 
 from __future__ import annotations
 
+import random
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from uuid import UUID
@@ -38,7 +40,10 @@ from service.domain.jobs import (
 from service.ports import Clock, CommandContext, LibraryContents, SystemClock
 
 T = TypeVar("T")
-OCC_ATTEMPTS = 8
+SaveFn = Callable[..., Sequence[Any]]  # aggregates → eventsourcing recordings
+OCC_ATTEMPTS = 16
+OCC_BACKOFF_S = 0.002
+OCC_BACKOFF_MAX_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,8 @@ class LibraryJobs(Application[UUID]):
         providers: ProviderLookup,
         library_contents: Callable[[UUID], LibraryContents],
         library_known: Callable[[UUID], bool] = lambda _: False,
+        on_saved: Callable[[list[tuple[int, Any]]], None] = lambda _: None,
+        wrap_save: Callable[[SaveFn], SaveFn] | None = None,
         policy: ValidationPolicy | None = None,
         clock: Clock | None = None,
     ) -> None:
@@ -67,6 +74,9 @@ class LibraryJobs(Application[UUID]):
         self.providers = providers
         self.library_contents = library_contents
         self.library_known = library_known
+        self.on_saved = on_saved
+        # Bootstrap may wrap saving, e.g. to commit concurrent commands in one transaction.
+        self._store: SaveFn = wrap_save(self.save) if wrap_save else self.save
         self.policy = policy or ValidationPolicy()
         self.clock = clock or SystemClock()
 
@@ -246,8 +256,10 @@ class LibraryJobs(Application[UUID]):
         return aggregate if isinstance(aggregate, kind) else None
 
     def _save(self, *aggregates: Any) -> int | None:
-        recordings = self.save(*aggregates)
-        return max((r.notification.id for r in recordings), default=None)
+        recordings = self._store(*aggregates)
+        saved = [(r.notification.id, r.domain_event) for r in recordings]
+        self.on_saved(saved)
+        return max((position for position, _ in saved), default=None)
 
 
 def _check_if_match(job: LibraryJob, if_match: int | None) -> None:
@@ -258,10 +270,15 @@ def _check_if_match(job: LibraryJob, if_match: int | None) -> None:
 
 
 def _retry_on_conflict(attempt: Callable[[], T]) -> T:
-    """Runs a load-decide-save attempt again when another writer saved the same aggregate first."""
-    for _ in range(OCC_ATTEMPTS - 1):
+    """Runs a load-decide-save attempt again when another writer saved the same aggregate first.
+
+    The back-off is jittered and grows: without it, the writer that has just saved tends to win the
+    next race too. When every attempt lost, the caller gets a Conflict (409), never the store's error.
+    """
+    for tries in range(OCC_ATTEMPTS):
         try:
             return attempt()
         except IntegrityError:
-            continue
-    return attempt()
+            ceiling = min(OCC_BACKOFF_MAX_S, OCC_BACKOFF_S * 2**tries)
+            time.sleep(random.uniform(0, ceiling))  # noqa: S311 (jitter, not secrecy)
+    raise Conflict("The item was changed by other writers at the same time; try again")

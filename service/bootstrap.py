@@ -20,12 +20,13 @@ from litestar.types import ASGIApp
 from projections.readmodels import ReadModels
 from projections.sqlview import PostgresViewStore, SqliteViewStore
 from service.adapters.follower import Follower
+from service.adapters.group_commit import GroupCommitter
 from service.adapters.idempotency import PostgresIdempotencyStore, SqliteIdempotencyStore
-from service.adapters.logs import configure_logging
+from service.adapters.logs import AccessLog, configure_logging
 from service.adapters.metrics import Metrics
 from service.adapters.plugins.directory import PluginDirectory
 from service.adapters.plugins.host import PluginHost
-from service.adapters.store import PostgresListener, PostgresTarget, StoreReader, store_env
+from service.adapters.store import PostgresListener, PostgresTarget, StoreReader, setup_lock, store_env
 from service.application import LibraryJobs
 from service.domain.jobs import ValidationPolicy
 from service.entrypoints import cli
@@ -61,30 +62,35 @@ class Service:
         self.plugins = PluginDirectory(
             self.plugin_host, self._bound_loop, settings.plugin_start_timeout_s + 5
         )
-        env = store_env(
-            data_dir=settings.data_dir,
-            database_url=settings.database_url,
-            pool_size=settings.store_pool_size,
-            lock_timeout_s=settings.lock_timeout_s,
-        )
-        self.commands = LibraryJobs(
-            env,
-            providers=self.plugins.provider_info,
-            library_contents=self._library_contents,
-            library_known=self.models.library_exists,
-            policy=ValidationPolicy(min_interval_s=settings.min_interval_s),
-            clock=clock,
-        )
+        with setup_lock(settings.database_url):  # replicas starting together take turns creating tables
+            env = store_env(
+                data_dir=settings.data_dir,
+                database_url=settings.database_url,
+                pool_size=settings.store_pool_size,
+                lock_timeout_s=settings.lock_timeout_s,
+            )
+            self.commands = LibraryJobs(
+                env,
+                providers=self.plugins.provider_info,
+                library_contents=self._library_contents,
+                library_known=self.models.library_exists,
+                on_saved=self._apply_own,
+                # The store has one writer at a time: concurrent commands commit together (group commit).
+                wrap_save=lambda save: GroupCommitter(save).save,
+                policy=ValidationPolicy(min_interval_s=settings.min_interval_s),
+                clock=clock,
+            )
+            self.idempotency = self._idempotency_store()
+            self.views = self._view_store()
         self.reader = StoreReader(self.commands)
         self._catch_up_lock = threading.Lock()
         self.follower = Follower(
             self.catch_up,
+            self.models.position,
             self.executor,
             poll_interval_s=0.02 if settings.database_url is None else 1.0,
         )
         self.metrics.track_lag(self.reader.max_position, lambda: self.follower.position)
-        self.idempotency = self._idempotency_store()
-        self.views = self._view_store()
         self._leading = False
         self._persister: asyncio.Task[None] | None = None
         self._listener: PostgresListener | None = None
@@ -113,6 +119,16 @@ class Service:
     def _library_contents(self, library_id: Any) -> Any:
         self.catch_up()  # a library's contents must include everything stored before its deletion
         return self.models.library_contents(library_id)
+
+    def _apply_own(self, saved: list[tuple[int, Any]]) -> None:
+        """A command's own events go into the read models straight away when they are next in store
+        order (no read back, no second thread hop); otherwise the follower brings them in order."""
+        if saved and self._catch_up_lock.acquire(blocking=False):
+            try:
+                if saved[0][0] == self.models.position() + 1:
+                    self.models.apply(saved)
+            finally:
+                self._catch_up_lock.release()
 
     def catch_up(self) -> int:
         """Applies every stored event not yet in the read models; safe from any thread."""
@@ -200,7 +216,7 @@ class Service:
                 await self._persister
             await self.run_sync(self.persist_views)
         if self._listener is not None:
-            self._listener.stop()
+            await asyncio.to_thread(self._listener.stop)
         await self.plugin_host.stop_idle_reaper()
         await self.plugin_host.aclose()
         self.executor.shutdown(wait=True)
@@ -231,7 +247,13 @@ class Service:
 
     def asgi(self, authenticator: Authenticator) -> ASGIApp:
         """What the server runs: the app inside the request-context wrapper."""
-        return with_request_context(self.http_app(authenticator), self.metrics)
+        access_log = AccessLog(self.settings.log_json)
+
+        def observe(method: str, path: str, route: str, status: int, seconds: float, rid: str) -> None:
+            self.metrics.observe_request(method, route, status, seconds)
+            access_log(method, path, route, status, seconds, rid)
+
+        return with_request_context(self.http_app(authenticator), observe)
 
 
 def api_keys(settings: Settings, *, announce: Callable[[str], None] = print) -> tuple[ApiKeySpec, ...]:

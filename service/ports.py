@@ -49,6 +49,8 @@ class ReadModelQueries(Protocol):
 
 
 WaitForPosition = Callable[[int | None], Awaitable[None]]
+# (method, path, route template, status, seconds, request id): one log line and the metrics per request
+RequestObserver = Callable[[str, str, str, int, float, str], None]
 
 
 @dataclass(frozen=True)

@@ -19,25 +19,27 @@ class Follower:
     def __init__(
         self,
         catch_up: Callable[[], int],
+        current: Callable[[], int],
         executor: Executor,
         *,
         poll_interval_s: float = 0.05,
         on_advance: Callable[[int], None] | None = None,
     ) -> None:
         self._catch_up = catch_up
+        self._current = current  # the read models' position: commands may advance it themselves
         self._executor = executor
         self._poll_interval_s = poll_interval_s
         self._on_advance = on_advance
-        self._position = 0
         self._wake = asyncio.Event()
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self.last_error: BaseException | None = None
 
     @property
     def position(self) -> int:
-        return self._position
+        return self._current()
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -45,6 +47,8 @@ class Follower:
         self._task = asyncio.create_task(self._run(), name="read-model-follower")
 
     async def stop(self) -> None:
+        self._stopping = True  # Python 3.11's wait_for can swallow a cancel that meets a wake-up
+        self._wake.set()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -54,12 +58,13 @@ class Follower:
         self._wake.set()
 
     def wake_threadsafe(self) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._wake.set)
+        if self._loop is not None and not self._stopping:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nothing to wake
+                self._loop.call_soon_threadsafe(self._wake.set)
 
     async def wait_for(self, position: int | None, timeout_s: float = 5.0) -> None:
         """Returns once the read models include `position` (read-your-writes)."""
-        if position is None or position <= self._position:
+        if position is None or position <= self._current():
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append((position, future))
@@ -67,9 +72,11 @@ class Follower:
         await asyncio.wait_for(future, timeout_s)
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll_interval_s)
+            if self._stopping:
+                return
             self._wake.clear()
             try:
                 await self._step()
@@ -80,12 +87,11 @@ class Follower:
 
     async def _step(self) -> None:
         loop = asyncio.get_running_loop()
+        before = self._current()
         position = await loop.run_in_executor(self._executor, self._catch_up)
         self.last_error = None
-        if position != self._position:
-            self._position = position
-            if self._on_advance is not None:
-                self._on_advance(position)
+        if position != before and self._on_advance is not None:
+            self._on_advance(position)
         still_waiting = []
         for wanted, future in self._waiters:
             if wanted <= position:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,25 @@ def store_env(
     }
 
 
+SETUP_LOCK_KEY = 0x6C69626A6F6271  # one process at a time creates schemas, tables, types, functions
+
+
+@contextlib.contextmanager
+def setup_lock(database_url: str | None) -> Iterator[None]:
+    """Serialises store set-up between processes starting together on one PostgreSQL database:
+    eventsourcing's CREATE ... IF NOT EXISTS and CREATE OR REPLACE FUNCTION race otherwise."""
+    if database_url is None:
+        yield
+        return
+    target = PostgresTarget.from_url(database_url)
+    with psycopg.connect(target.conninfo(), autocommit=True, connect_timeout=10) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (SETUP_LOCK_KEY,))
+        try:
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK_KEY,))
+
+
 def ensure_schema(target: PostgresTarget) -> None:
     """eventsourcing creates tables but not the schema they live in."""
     with psycopg.connect(target.conninfo(), autocommit=True, connect_timeout=10) as conn:
@@ -123,18 +143,23 @@ class PostgresListener:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 2.0) -> None:
+        """Returns once the thread has stopped: no callback comes after this."""
         self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
 
     def _run(self) -> None:
         while not self._stopping.is_set():
             try:
                 with psycopg.connect(self._target.conninfo(), autocommit=True, connect_timeout=5) as conn:
                     conn.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(self._channel)))
-                    self._on_notify()  # catch anything stored while we were not listening
+                    if not self._stopping.is_set():
+                        self._on_notify()  # catch anything stored while we were not listening
                     while not self._stopping.is_set():
                         for _ in conn.notifies(timeout=0.5, stop_after=1):
-                            self._on_notify()
+                            if not self._stopping.is_set():
+                                self._on_notify()
             except psycopg.Error as e:
                 log.warning("LISTEN connection lost, retrying: %s", e)
                 self._stopping.wait(1.0)

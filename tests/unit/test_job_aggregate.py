@@ -193,3 +193,14 @@ def test_every_topic_resolves_to_its_class(event_class: type) -> None:
 def test_topics_are_unique() -> None:
     counts = Counter(cls.TOPIC for cls in event_classes())
     assert [topic for topic, n in counts.items() if n > 1] == []
+
+
+def test_config_to_dict_names_every_field_once() -> None:
+    """RefreshConfig.to_dict is spelled out for speed: it must not miss a field added later."""
+    from dataclasses import fields
+
+    from service.domain.jobs import RefreshConfig
+
+    config = RefreshConfig("plugin:x", "series_only", ("ratings",), (), (), (), True, 3600, 4)
+    assert set(config.to_dict()) == {"type"} | {f.name for f in fields(RefreshConfig)}
+    assert RefreshConfig.from_dict(config.to_dict()) == config

@@ -23,7 +23,7 @@ from contracts.catalog import (
 )
 from service.application import Saved
 from service.domain.errors import NotFound, ValidationFailed
-from service.entrypoints.http.common import JSON, context, error_responses, services
+from service.entrypoints.http.common import JSON, check_body, context, error_responses, services
 
 LIBRARY = "/libraries/{library_id:uuid}"
 SERIES = LIBRARY + "/series/{series_id:uuid}"
@@ -66,6 +66,7 @@ async def get_library(request: Request[Any, Any, Any], library_id: UUID) -> Resp
 
 @put(
     LIBRARY,
+    before_request=check_body,
     operation_id="put_library",
     summary="Create or rename a library (201 when created)",
     opt={"scope": "catalog:write"},
@@ -118,6 +119,7 @@ async def get_series(
 
 @put(
     SERIES,
+    before_request=check_body,
     operation_id="put_series",
     summary="Create or replace a series (201 when created)",
     opt={"scope": "catalog:write"},
@@ -168,6 +170,7 @@ async def get_book(request: Request[Any, Any, Any], library_id: UUID, book_id: U
 
 @put(
     BOOK,
+    before_request=check_body,
     operation_id="put_book",
     summary="Create or replace a book of a series of this library (201 when created)",
     opt={"scope": "catalog:write"},

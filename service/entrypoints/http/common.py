@@ -12,6 +12,7 @@ from typing import Any, Protocol, TypeVar
 
 import msgspec
 from litestar import Request
+from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 
 from contracts.errors import ErrorResponse
@@ -24,6 +25,8 @@ from service.ports import CommandContext, IdempotencyStore, ReadModelQueries, St
 
 T = TypeVar("T")
 JSON = "application/json"
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_JSON_TYPE = re.compile(r"application/(?:[\w.+-]+\+)?json")
 IDEMPOTENCY_KEY_MAX = 128
 
 
@@ -58,6 +61,35 @@ class HttpServices:
     _key_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = field(
         default_factory=weakref.WeakValueDictionary
     )
+
+
+async def check_body(request: Request[Any, Any, Any]) -> None:
+    """Before Litestar decodes `data`: the body must be JSON (415) of exactly the declared shape (400).
+
+    Litestar converts bodies in msgspec's lax mode ("4" would pass for 4); this strict decode first makes
+    a wrong JSON type a 400 `wrong_type`, as clients of SPEC §2.1 expect.
+    """
+    if request.method not in BODY_METHODS:
+        return
+    body = await request.body()
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if not (content_type and _JSON_TYPE.fullmatch(content_type)):
+        if not content_type and not body:
+            return
+        raise HTTPException(
+            status_code=415, detail=f"Content-Type must be application/json, not {content_type!r}"
+        )
+    declared = request.route_handler.parsed_fn_signature.parameters.get("data")
+    if declared is None:
+        return
+    try:
+        msgspec.json.decode(body, type=declared.annotation, strict=True)
+    except msgspec.ValidationError as e:
+        message, _, path = str(e).partition(" - at `$")
+        key = path.rstrip("`").lstrip(".") or None
+        raise ValidationException(extra=[{"message": message, "key": key, "source": "body"}]) from None
+    except msgspec.DecodeError as e:
+        raise HTTPException(status_code=400, detail=f"JSON is malformed: {e}") from None
 
 
 def services(request: Request[Any, Any, Any]) -> HttpServices:

@@ -20,6 +20,7 @@ from service.domain.errors import NotFound
 from service.entrypoints.http.common import (
     JSON,
     Reply,
+    check_body,
     context,
     error_responses,
     etag,
@@ -67,6 +68,7 @@ async def list_jobs(request: Request[Any, Any, Any], library_id: UUID) -> Respon
 
 @post(
     "/libraries/{library_id:uuid}/jobs",
+    before_request=check_body,
     operation_id="create_job",
     summary="Create a job",
     opt={"scope": "jobs:write"},
@@ -110,6 +112,7 @@ async def get_job(request: Request[Any, Any, Any], library_id: UUID, job_id: UUI
 
 @patch(
     JOB_PATH,
+    before_request=check_body,
     operation_id="patch_job",
     summary="Change a job (only the fields sent; `If-Match` for optimistic concurrency)",
     opt={"scope": "jobs:write"},
