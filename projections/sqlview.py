@@ -109,6 +109,7 @@ class PostgresViewStore(PostgresTrackingRecorder):
             schema=schema,
             pool_size=2,
             lock_timeout=10,
+            pre_ping=True,
         )
         super().__init__(datastore, tracking_table_name="libjobs_view_tracking")
         self.name = name
@@ -125,9 +126,18 @@ class PostgresViewStore(PostgresTrackingRecorder):
         self.create_table()
 
     def try_lead(self) -> bool:
-        """Holds a session advisory lock on a connection of its own while this process leads."""
-        if self._leader is not None and not self._leader.closed:
-            return True
+        """Holds a session advisory lock on a connection of its own while this process leads.
+
+        The connection is checked on every call: if it died, the lock died with it and another
+        process may lead now, so this one must try again rather than go on writing.
+        """
+        if self._leader is not None:
+            try:
+                self._leader.execute("SELECT 1")
+                return True
+            except psycopg.Error:
+                self._leader.close()
+                self._leader = None
         conn = psycopg.connect(autocommit=True, connect_timeout=5, **self._conninfo)
         row = conn.execute(
             "SELECT pg_try_advisory_lock(%s)", (_lock_key(self._schema, self.name),)

@@ -214,7 +214,10 @@ class Service:
             self._persister.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._persister
-            await self.run_sync(self.persist_views)
+            try:  # the last rows; a failure must not keep the rest of shutdown from running
+                await self.run_sync(self.persist_views)
+            except Exception:
+                log.exception("could not persist the read models at shutdown; the next start replays")
         if self._listener is not None:
             await asyncio.to_thread(self._listener.stop)
         await self.plugin_host.stop_idle_reaper()
