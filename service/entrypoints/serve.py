@@ -27,6 +27,10 @@ def run_server(app: ASGIApp, *, host: str, port: int, drain_s: float = 30) -> in
         log_config=None,
         access_log=False,
         lifespan="on",
+        # Explicit, so the server does not change with what else is installed (uvicorn's "auto" picks
+        # uvloop/httptools when present); docs/benchmarks.md compares both stacks.
+        loop="asyncio",
+        http="h11",
         timeout_graceful_shutdown=int(drain_s),
     )
     server = _Server(config)

@@ -126,9 +126,18 @@ def if_match_version(request: Request[Any, Any, Any]) -> int | None:
     return int(match.group(1))
 
 
+def raw_header(request: Request[Any, Any, Any], name: bytes) -> str | None:
+    """One request header, read from the ASGI scope (on a GET, `request.headers` would build a
+    Headers object only for this)."""
+    for key, value in request.scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
 def none_match(request: Request[Any, Any, Any], version: int) -> bool:
     """True when `If-None-Match` names the current version (or `*`): answer 304."""
-    header = request.headers.get("if-none-match")
+    header = raw_header(request, b"if-none-match")
     if header is None:
         return False
     if header.strip() == "*":
