@@ -7,7 +7,7 @@ library or a job in the event store, however the ids were chosen.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Self
 from uuid import UUID, uuid5
 
 from eventsourcing.domain import Aggregate
@@ -21,12 +21,12 @@ def library_aggregate_id(library_id: UUID) -> UUID:
     return uuid5(LIBRARY_NAMESPACE, str(library_id))
 
 
-def series_aggregate_id(series_id: UUID) -> UUID:
-    return uuid5(SERIES_NAMESPACE, str(series_id))
+def series_aggregate_id(item_id: UUID) -> UUID:
+    return uuid5(SERIES_NAMESPACE, str(item_id))
 
 
-def book_aggregate_id(book_id: UUID) -> UUID:
-    return uuid5(BOOK_NAMESPACE, str(book_id))
+def book_aggregate_id(item_id: UUID) -> UUID:
+    return uuid5(BOOK_NAMESPACE, str(item_id))
 
 
 class Library(Aggregate):
@@ -132,6 +132,33 @@ class CatalogItem(Aggregate):
         self.state = state
         self.deleted = False
 
+    @classmethod
+    def new(
+        cls,
+        item_id: UUID,
+        library_id: UUID,
+        state: dict[str, Any],
+        *,
+        at: datetime,
+        actor: str | None,
+        request_id: str | None,
+    ) -> Self:
+        return cls._create(
+            cls.Upserted,
+            id=cls.aggregate_id(item_id),
+            item_id=item_id,
+            library_id=library_id,
+            state=state,
+            timestamp=at,
+            actor=actor,
+            request_id=request_id,
+        )
+
+    @staticmethod
+    def aggregate_id(item_id: UUID) -> UUID:
+        """The store id of the item the library server calls `item_id` (each kind has its own)."""
+        raise NotImplementedError
+
     def upsert(
         self,
         library_id: UUID,
@@ -168,28 +195,7 @@ class Series(CatalogItem):
         TOPIC = "libjobs:Series.Deleted"
 
     Created = Upserted
-
-    @classmethod
-    def new(
-        cls,
-        series_id: UUID,
-        library_id: UUID,
-        state: dict[str, Any],
-        *,
-        at: datetime,
-        actor: str | None,
-        request_id: str | None,
-    ) -> Series:
-        return cls._create(
-            cls.Upserted,
-            id=series_aggregate_id(series_id),
-            item_id=series_id,
-            library_id=library_id,
-            state=state,
-            timestamp=at,
-            actor=actor,
-            request_id=request_id,
-        )
+    aggregate_id = staticmethod(series_aggregate_id)
 
 
 class Book(CatalogItem):
@@ -208,25 +214,4 @@ class Book(CatalogItem):
         TOPIC = "libjobs:Book.Deleted"
 
     Created = Upserted
-
-    @classmethod
-    def new(
-        cls,
-        book_id: UUID,
-        library_id: UUID,
-        state: dict[str, Any],
-        *,
-        at: datetime,
-        actor: str | None,
-        request_id: str | None,
-    ) -> Book:
-        return cls._create(
-            cls.Upserted,
-            id=book_aggregate_id(book_id),
-            item_id=book_id,
-            library_id=library_id,
-            state=state,
-            timestamp=at,
-            actor=actor,
-            request_id=request_id,
-        )
+    aggregate_id = staticmethod(book_aggregate_id)
