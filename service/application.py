@@ -23,9 +23,7 @@ from service.domain.catalog import (
     CatalogItem,
     Library,
     Series,
-    book_aggregate_id,
     library_aggregate_id,
-    series_aggregate_id,
 )
 from service.domain.errors import Conflict, NotFound, PreconditionFailed
 from service.domain.jobs import (
@@ -168,11 +166,9 @@ class LibraryJobs(Application[UUID]):
                 job = self._get(job_id, LibraryJob)
                 if job is not None and not job.deleted:
                     doomed.append(job)
-            for kind, aggregate_id in (
-                *((Series, series_aggregate_id(s)) for s in contents.series_ids),
-                *((Book, book_aggregate_id(b)) for b in contents.book_ids),
-            ):
-                item = self._get(aggregate_id, kind)
+            items = [(Series, s) for s in contents.series_ids] + [(Book, b) for b in contents.book_ids]
+            for kind, item_id in items:
+                item = self._get(kind.aggregate_id(item_id), kind)
                 if item is not None and not item.deleted and item.library_id == library_id:
                     doomed.append(item)
             for aggregate in doomed:
@@ -185,25 +181,24 @@ class LibraryJobs(Application[UUID]):
     def upsert_series(
         self, library_id: UUID, series_id: UUID, state: dict[str, Any], ctx: CommandContext
     ) -> Saved:
-        return self._upsert_item(Series, series_aggregate_id(series_id), series_id, library_id, state, ctx)
+        return self._upsert_item(Series, series_id, library_id, state, ctx)
 
     def delete_series(self, library_id: UUID, series_id: UUID, ctx: CommandContext) -> Saved:
-        return self._delete_item(Series, series_aggregate_id(series_id), series_id, library_id, ctx)
+        return self._delete_item(Series, series_id, library_id, ctx)
 
     def upsert_book(
         self, library_id: UUID, book_id: UUID, state: dict[str, Any], ctx: CommandContext
     ) -> Saved:
-        return self._upsert_item(Book, book_aggregate_id(book_id), book_id, library_id, state, ctx)
+        return self._upsert_item(Book, book_id, library_id, state, ctx)
 
     def delete_book(self, library_id: UUID, book_id: UUID, ctx: CommandContext) -> Saved:
-        return self._delete_item(Book, book_aggregate_id(book_id), book_id, library_id, ctx)
+        return self._delete_item(Book, book_id, library_id, ctx)
 
     # --- helpers ------------------------------------------------------------------------------------
 
     def _upsert_item(
         self,
         kind: type[Series] | type[Book],
-        aggregate_id: UUID,
         item_id: UUID,
         library_id: UUID,
         state: dict[str, Any],
@@ -212,7 +207,7 @@ class LibraryJobs(Application[UUID]):
         def attempt() -> Saved:
             self._live_library(library_id)
             now = self.clock.now()
-            item = self._get(aggregate_id, kind)
+            item = self._get(kind.aggregate_id(item_id), kind)
             if item is None:
                 new = kind.new(item_id, library_id, state, at=now, actor=ctx.actor, request_id=ctx.request_id)
                 return Saved(item_id, self._save(new), created=True)
@@ -228,13 +223,12 @@ class LibraryJobs(Application[UUID]):
     def _delete_item(
         self,
         kind: type[Series] | type[Book],
-        aggregate_id: UUID,
         item_id: UUID,
         library_id: UUID,
         ctx: CommandContext,
     ) -> Saved:
         def attempt() -> Saved:
-            item = self._get(aggregate_id, kind)
+            item = self._get(kind.aggregate_id(item_id), kind)
             if item is None or item.deleted or item.library_id != library_id:
                 raise NotFound(f"{kind.__name__} not found")
             item.delete(at=self.clock.now(), actor=ctx.actor, request_id=ctx.request_id)
