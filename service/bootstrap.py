@@ -50,6 +50,7 @@ class Service:
     def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
         self.settings = settings
         self.metrics = Metrics()
+        self.access_log = AccessLog(settings.log_json)
         self.executor = ThreadPoolExecutor(max_workers=settings.store_pool_size, thread_name_prefix="store")
         self.models = ReadModels(default_timezone=settings.default_timezone)
         self.plugin_host = PluginHost(
@@ -229,6 +230,7 @@ class Service:
         self.views.close()
         self.commands.close()
         log.info("libjobs stopped")
+        self.access_log.flush()
 
     def http_app(self, authenticator: Authenticator) -> Litestar:
         services = HttpServices(
@@ -250,7 +252,7 @@ class Service:
 
     def asgi(self, authenticator: Authenticator) -> ASGIApp:
         """What the server runs: the app inside the request-context wrapper."""
-        access_log = AccessLog(self.settings.log_json)
+        access_log = self.access_log
 
         def observe(method: str, path: str, route: str, status: int, seconds: float, rid: str) -> None:
             self.metrics.observe_request(method, route, status, seconds)

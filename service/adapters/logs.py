@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
@@ -28,16 +29,24 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+BUFFER_BYTES = 64 * 1024
+
+
 class AccessLog:
-    """The one line per HTTP request, written directly: the logging module costs a third of a GET.
+    """The one line per HTTP request, written directly: the logging module cost a third of a GET.
 
     Same shape as the JSON formatter's lines (logger `libjobs.http`), and silent when that logger is
-    not enabled for INFO.
+    not enabled for INFO. Lines are buffered and written together within `flush_after_s` (and at
+    shutdown, `flush()`): one write per request was a system call per request.
     """
 
-    def __init__(self, json_lines: bool | None = None) -> None:
+    def __init__(self, json_lines: bool | None = None, flush_after_s: float = 0.1) -> None:
         self._json = not sys.stderr.isatty() if json_lines is None else json_lines
         self._logger = logging.getLogger("libjobs.http")
+        self._flush_after_s = flush_after_s
+        self._lines: list[bytes] = []
+        self._size = 0
+        self._scheduled = False
 
     def __call__(
         self, method: str, path: str, route: str, status: int, seconds: float, request_id: str
@@ -46,14 +55,10 @@ class AccessLog:
             return
         ms = round(seconds * 1000, 2)
         message = f"{method} {path} {status} {ms}ms"
-        if not self._json:
-            sys.stderr.write(
-                f"{datetime.now(UTC).isoformat(timespec='milliseconds')} INFO libjobs.http: {message}\n"
-            )
-            return
-        line = msgspec.json.encode(
-            {
-                "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        now = datetime.now(UTC).isoformat(timespec="milliseconds")
+        if self._json:
+            entry = {
+                "ts": now,
                 "level": "info",
                 "logger": "libjobs.http",
                 "msg": message,
@@ -62,8 +67,24 @@ class AccessLog:
                 "status": status,
                 "duration_ms": ms,
             }
-        )
-        sys.stderr.write(line.decode() + "\n")
+            line = msgspec.json.encode(entry) + b"\n"
+        else:
+            line = f"{now} INFO libjobs.http: {message}\n".encode()
+        self._lines.append(line)
+        self._size += len(line)
+        if self._size > BUFFER_BYTES:
+            self.flush()
+        elif not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_later(self._flush_after_s, self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        if self._lines:
+            lines, self._lines, self._size = self._lines, [], 0
+            sys.stderr.flush()  # keep order with lines written through logging
+            sys.stderr.buffer.write(b"".join(lines))
+            sys.stderr.buffer.flush()
 
 
 def configure_logging(json_lines: bool | None, level: int = logging.INFO) -> None:
