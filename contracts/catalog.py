@@ -32,11 +32,19 @@ class ListLibrariesResponse(msgspec.Struct):
 
 
 class UpsertSeriesRequest(msgspec.Struct, rename="camel", kw_only=True, forbid_unknown_fields=True):
+    """A series as the library server describes it; replaces what libjobs knew of it."""
+
     title: str
     title_sort: str | None = None
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     locks: list[str] = msgspec.field(default_factory=list)
     external_ids: list[ExternalIdDto] = msgspec.field(default_factory=list)
+
+
+class UpsertBookRequest(UpsertSeriesRequest, kw_only=True, forbid_unknown_fields=True):
+    """A book: the same description, plus the series it belongs to."""
+
+    series_id: UUID
 
 
 class SeriesDto(msgspec.Struct, rename="camel", kw_only=True):
@@ -55,25 +63,8 @@ class ListSeriesResponse(msgspec.Struct, rename="camel"):
     next_cursor: str | None
 
 
-class UpsertBookRequest(msgspec.Struct, rename="camel", kw_only=True, forbid_unknown_fields=True):
+class BookDto(SeriesDto, kw_only=True):
     series_id: UUID
-    title: str
-    title_sort: str | None = None
-    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
-    locks: list[str] = msgspec.field(default_factory=list)
-    external_ids: list[ExternalIdDto] = msgspec.field(default_factory=list)
-
-
-class BookDto(msgspec.Struct, rename="camel", kw_only=True):
-    id: UUID
-    library_id: UUID
-    series_id: UUID
-    title: str
-    title_sort: str
-    metadata: dict[str, Any]
-    locks: list[str]
-    external_ids: list[ExternalIdDto]
-    updated_at: datetime
 
 
 class ListBooksResponse(msgspec.Struct, rename="camel"):
