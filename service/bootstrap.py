@@ -8,7 +8,6 @@ import logging
 import os
 import secrets
 import sys
-import threading
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -75,7 +74,7 @@ class Service:
                 providers=self.plugins.provider_info,
                 library_contents=self._library_contents,
                 library_known=self.models.library_exists,
-                on_saved=self._apply_own,
+                on_saved=lambda saved: self.follower.offer(saved),
                 # The store has one writer at a time: concurrent commands commit together (group commit).
                 wrap_save=lambda save: GroupCommitter(save).save,
                 policy=ValidationPolicy(min_interval_s=settings.min_interval_s),
@@ -84,11 +83,12 @@ class Service:
             self.idempotency = self._idempotency_store()
             self.views = self._view_store()
         self.reader = StoreReader(self.commands)
-        self._catch_up_lock = threading.Lock()
         self.follower = Follower(
-            self.catch_up,
+            self.reader.read,
+            self.models.apply,
             self.models.position,
             self.executor,
+            batch_size=CATCH_UP_BATCH,
             poll_interval_s=0.02 if settings.database_url is None else 1.0,
         )
         self.metrics.track_lag(self.reader.max_position, lambda: self.follower.position)
@@ -118,64 +118,55 @@ class Service:
         return PostgresViewStore(target.params(), target.schema)
 
     def _library_contents(self, library_id: Any) -> Any:
-        self.catch_up()  # a library's contents must include everything stored before its deletion
-        return self.models.library_contents(library_id)
+        """From a command's thread: the library's contents, including everything stored before."""
 
-    def _apply_own(self, saved: list[tuple[int, Any]]) -> None:
-        """A command's own events go into the read models straight away when they are next in store
-        order (no read back, no second thread hop); otherwise the follower brings them in order."""
-        if saved and self._catch_up_lock.acquire(blocking=False):
-            try:
-                if saved[0][0] == self.models.position() + 1:
-                    self.models.apply(saved)
-            finally:
-                self._catch_up_lock.release()
+        async def caught_up() -> Any:
+            await self.follower.catch_up()
+            return self.models.library_contents(library_id)
 
-    def catch_up(self) -> int:
-        """Applies every stored event not yet in the read models; safe from any thread."""
-        with self._catch_up_lock:
-            while True:
-                batch = self.reader.read(self.models.position(), CATCH_UP_BATCH)
-                self.models.apply(batch)
-                if len(batch) < CATCH_UP_BATCH:  # nothing more was stored: spare the empty SELECT
-                    return self.models.position()
+        return asyncio.run_coroutine_threadsafe(caught_up(), self._bound_loop()).result(30)
 
     def load_views(self) -> None:
-        """Starts the read models from the persisted rows instead of replaying the whole store."""
+        """Starts the read models from the persisted rows instead of replaying the whole store.
+
+        Runs before the follower and the server start, so nothing else touches the models yet."""
         try:
             position, rows = self.views.load()
             if position > self.reader.max_position():
                 log.warning("the persisted read models are ahead of the store; replaying the store")
                 return
-            with self._catch_up_lock:
-                self.models.restore(position, rows)
+            self.models.restore(position, rows)
         except Exception:  # an unreadable snapshot only costs a replay
             log.exception("could not load the persisted read models; replaying the store")
-            with self._catch_up_lock:
-                self.models.reset()
+            self.models.reset()
 
-    def persist_views(self) -> None:
-        """The projector role: writes changed rows with their position, when this process leads."""
-        with self._catch_up_lock:
-            if "projector" not in self.settings.roles or not self.views.try_lead():
-                self.models.forget_changes()
-                self._leading = False
-                return
-            if not self._leading:  # newly leading: whatever the table holds, make it equal ours
-                position, rows = self.models.dump()
-                self.models.forget_changes()
-                self.views.save(position, rows, [], replace_all=True)
-                self._leading = True
-                return
-            position, upserts, deletes = self.models.take_changes()
+    async def persist_views(self) -> None:
+        """The projector role: writes changed rows with their position, when this process leads.
+
+        The rows are taken on the event loop (where the models change), written in the pool."""
+        if "projector" not in self.settings.roles or not await self.run_sync(self.views.try_lead):
+            self.models.forget_changes()
+            self._leading = False
+            return
+        if not self._leading:  # newly leading: whatever the table holds, make it equal ours
+            position, rows = self.models.dump()
+            self.models.forget_changes()
+            await self.run_sync(partial(self.views.save, position, rows, [], replace_all=True))
+            self._leading = True
+            return
+        position, upserts, deletes = self.models.take_changes()
         if upserts or deletes:
-            self.views.save(position, upserts, deletes)
+            try:
+                await self.run_sync(self.views.save, position, upserts, deletes)
+            except Exception:
+                self._leading = False  # these rows are not written: rewrite everything next time
+                raise
 
     async def _persist_forever(self, interval_s: float = 0.25) -> None:
         while True:
             await asyncio.sleep(interval_s)
             try:
-                await self.run_sync(self.persist_views)
+                await self.persist_views()
             except Exception:
                 log.exception("persisting the read models failed; will retry")
 
@@ -216,7 +207,7 @@ class Service:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._persister
             try:  # the last rows; a failure must not keep the rest of shutdown from running
-                await self.run_sync(self.persist_views)
+                await self.persist_views()
             except Exception:
                 log.exception("could not persist the read models at shutdown; the next start replays")
         if self._listener is not None:

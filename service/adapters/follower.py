@@ -1,7 +1,10 @@
 """Keeps this process's read models current with the store and lets a writer wait for its own write.
 
-One asyncio task catches up in the store's thread pool whenever it is woken (after a save in this
-process, a PostgreSQL NOTIFY from another one) or when the poll interval passes (SQLite has no push).
+Only the event loop's thread changes the read models, so a request never sees half of a command (a PATCH
+that records `Updated` and `Enabled`) nor a dict changing under it. Reading and decoding the store runs
+in the store's thread pool; applying runs here. The follower catches up whenever it is woken (a
+PostgreSQL NOTIFY from another process) or the poll interval passes (SQLite has no push); a command of
+this process hands over its own events (`offer`), which apply at once when they are next in order.
 """
 
 from __future__ import annotations
@@ -11,23 +14,29 @@ import contextlib
 import logging
 from collections.abc import Callable
 from concurrent.futures import Executor
+from typing import Any
 
 log = logging.getLogger("libjobs.follower")
+Batch = list[tuple[int, Any]]  # (store position, domain event)
 
 
 class Follower:
     def __init__(
         self,
-        catch_up: Callable[[], int],
+        read: Callable[[int, int], Batch],
+        apply: Callable[[Batch], int],
         current: Callable[[], int],
         executor: Executor,
         *,
+        batch_size: int = 1000,
         poll_interval_s: float = 0.05,
         on_advance: Callable[[int], None] | None = None,
     ) -> None:
-        self._catch_up = catch_up
-        self._current = current  # the read models' position: commands may advance it themselves
+        self._read = read  # (after, limit) → the next stored events; blocking, runs in the pool
+        self._apply = apply  # applies a batch (skipping what it already has) → the new position
+        self._current = current  # the read models' position
         self._executor = executor
+        self._batch_size = batch_size
         self._poll_interval_s = poll_interval_s
         self._on_advance = on_advance
         self._wake = asyncio.Event()
@@ -43,7 +52,7 @@ class Follower:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        await self._step()
+        await self.catch_up()
         self._task = asyncio.create_task(self._run(), name="read-model-follower")
 
     async def stop(self) -> None:
@@ -57,10 +66,24 @@ class Follower:
     def wake(self) -> None:
         self._wake.set()
 
-    def wake_threadsafe(self) -> None:
+    def _call_threadsafe(self, callback: Callable[..., None], *args: Any) -> None:
         if self._loop is not None and not self._stopping:
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nothing to wake
-                self._loop.call_soon_threadsafe(self._wake.set)
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nothing to do
+                self._loop.call_soon_threadsafe(callback, *args)
+
+    def wake_threadsafe(self) -> None:
+        self._call_threadsafe(self._wake.set)
+
+    def offer(self, saved: Batch) -> None:
+        """From any thread: a command's own stored events, applied on the loop when next in order."""
+        self._call_threadsafe(self._take_offer, saved)
+
+    def _take_offer(self, saved: Batch) -> None:
+        if saved and saved[0][0] == self._current() + 1:
+            self._apply(saved)
+            self._settle()
+        elif saved and saved[-1][0] > self._current():
+            self._wake.set()  # something stored before it is missing here: read the store
 
     async def wait_for(self, position: int | None, timeout_s: float = 5.0) -> None:
         """Returns once the read models include `position` (read-your-writes)."""
@@ -71,6 +94,32 @@ class Follower:
         self.wake()
         await asyncio.wait_for(future, timeout_s)
 
+    async def catch_up(self) -> int:
+        """Applies everything stored so far; concurrent calls are safe (applying skips what is in)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await loop.run_in_executor(self._executor, self._read, self._current(), self._batch_size)
+            self._apply(batch)
+            if len(batch) < self._batch_size:
+                break
+        self.last_error = None
+        self._settle()
+        return self._current()
+
+    def _settle(self) -> None:
+        position = self._current()
+        if self._on_advance is not None:
+            self._on_advance(position)
+        still_waiting = []
+        for wanted, future in self._waiters:
+            if future.done():
+                continue
+            if wanted <= position:
+                future.set_result(None)
+            else:
+                still_waiting.append((wanted, future))
+        self._waiters = still_waiting
+
     async def _run(self) -> None:
         while not self._stopping:
             with contextlib.suppress(TimeoutError):
@@ -79,24 +128,8 @@ class Follower:
                 return
             self._wake.clear()
             try:
-                await self._step()
+                await self.catch_up()
             except Exception as e:  # the store may be briefly unreachable: keep following
                 self.last_error = e
                 log.exception("catching up with the store failed")
                 await asyncio.sleep(0.5)
-
-    async def _step(self) -> None:
-        loop = asyncio.get_running_loop()
-        before = self._current()
-        position = await loop.run_in_executor(self._executor, self._catch_up)
-        self.last_error = None
-        if position != before and self._on_advance is not None:
-            self._on_advance(position)
-        still_waiting = []
-        for wanted, future in self._waiters:
-            if wanted <= position:
-                if not future.done():
-                    future.set_result(None)
-            elif not future.done():
-                still_waiting.append((wanted, future))
-        self._waiters = still_waiting

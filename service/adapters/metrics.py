@@ -37,7 +37,6 @@ class Metrics:
             registry=self.registry,
         )
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-        self.store_up = Gauge("libjobs_store_up", "1 when the event store answered", registry=self.registry)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         key = (method, route, status)

@@ -41,37 +41,6 @@ ERROR_NAMES = frozenset(
     }
 )
 
-# SPEC §2.3: every key is always present, in this order.
-DTO_KEYS = (
-    "id",
-    "libraryId",
-    "name",
-    "enabled",
-    "cronSchedule",
-    "timezone",
-    "config",
-    "lastRunAt",
-    "lastRunStatus",
-    "lastRunMessage",
-    "createdAt",
-    "updatedAt",
-    "version",
-    "nextRunAt",
-    "currentRunId",
-)
-CONFIG_KEYS = (
-    "type",
-    "provider",
-    "scope",
-    "fieldGroups",
-    "extraFields",
-    "bookFieldGroups",
-    "bookExtraFields",
-    "existingSourceIdsOnly",
-    "skipRecentlySyncedWithinS",
-    "maxConcurrency",
-)
-
 
 @dataclass(frozen=True)
 class Key:

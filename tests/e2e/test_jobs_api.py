@@ -11,8 +11,6 @@ import pytest
 
 from tests.e2e.helpers import (
     API,
-    CONFIG_KEYS,
-    DTO_KEYS,
     Spawner,
     assert_error,
     assert_utc,
@@ -26,6 +24,7 @@ from tests.e2e.helpers import (
     refresh_config,
     write_config,
 )
+from tests.support.spec import CONFIG_KEYS, DTO_KEYS
 
 pytestmark = pytest.mark.e2e
 

@@ -270,7 +270,7 @@ async def test_deployments_in_other_schemas_each_persist_their_read_models(tmp_p
         ):
             for svc in (first, second):
                 await new_job(svc, await new_library(svc))
-                await svc.run_sync(svc.persist_views)
+                await svc.persist_views()
             for svc in (first, second):
                 position, _ = await svc.run_sync(svc.views.load)
                 assert position == svc.reader.max_position()

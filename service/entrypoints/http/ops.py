@@ -35,7 +35,8 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     include_in_schema=True,
 )
 async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
-    body, content_type = services(request).metrics.render()
+    svc = services(request)
+    body, content_type = await svc.run_sync(svc.metrics.render)  # a gauge asks the store: not on the loop
     return Response(body, media_type=content_type)
 
 
