@@ -68,6 +68,9 @@ class JobsView:
     rows: dict[UUID, JobRow] = field(default_factory=dict)
     by_library: dict[UUID, dict[UUID, None]] = field(default_factory=dict)  # insertion = createdAt order
     _lists: dict[UUID, bytes] = field(default_factory=dict)
+    # (cron, zone) → (asked after, first fire after that): jobs created in one minute share their next
+    # fire, and croniter takes ~80 µs to find it again
+    _next_fires: dict[tuple[str, str], tuple[datetime, datetime | None]] = field(default_factory=dict)
 
     def apply(self, event: Any) -> UUID | None:
         """Applies one stored event; returns the id of the job it changed, if any."""
@@ -113,8 +116,17 @@ class JobsView:
         if not row.enabled:
             return None
         definition = row.definition
-        schedule = parse_cron(definition.cron_schedule, min_interval_s=0)
-        return schedule.next_after(after, zone(definition.timezone or self.default_timezone))
+        key = (definition.cron_schedule, definition.timezone or self.default_timezone)
+        known = self._next_fires.get(key)
+        # exact: the first fire after `asked` is also the first after any instant before it
+        if known is not None and known[1] is not None and known[0] <= after < known[1]:
+            return known[1]
+        schedule = parse_cron(key[0], min_interval_s=0)
+        fire = schedule.next_after(after, zone(key[1]))
+        if len(self._next_fires) >= 4096:
+            self._next_fires.clear()
+        self._next_fires[key] = (after, fire)
+        return fire
 
     # --- queries ------------------------------------------------------------------------------------
 

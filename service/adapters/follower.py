@@ -4,7 +4,9 @@ Only the event loop's thread changes the read models, so a request never sees ha
 that records `Updated` and `Enabled`) nor a dict changing under it. Reading and decoding the store runs
 in the store's thread pool; applying runs here. The follower catches up whenever it is woken (a
 PostgreSQL NOTIFY from another process) or the poll interval passes (SQLite has no push); a command of
-this process hands over its own events (`offer`), which apply at once when they are next in order.
+this process hands over its own events (`offer`), which apply at once when they are next in order. Offers
+can arrive out of order (group commit stores several commands at once, and their threads report back in
+any order), so an offer that is ahead waits briefly for the ones before it before the store is read.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 log = logging.getLogger("libjobs.follower")
 Batch = list[tuple[int, Any]]  # (store position, domain event)
+OFFER_GAP_S = 0.005  # how long an offer that is ahead waits for the offers before it
 
 
 class Follower:
@@ -41,6 +44,8 @@ class Follower:
         self._on_advance = on_advance
         self._wake = asyncio.Event()
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._offers: dict[int, Batch] = {}  # first position → offered batch that is not next yet
+        self._gap_timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -79,11 +84,27 @@ class Follower:
         self._call_threadsafe(self._take_offer, saved)
 
     def _take_offer(self, saved: Batch) -> None:
-        if saved and saved[0][0] == self._current() + 1:
-            self._apply(saved)
-            self._settle()
-        elif saved and saved[-1][0] > self._current():
-            self._wake.set()  # something stored before it is missing here: read the store
+        if not saved or saved[-1][0] <= self._current():
+            return
+        self._offers[saved[0][0]] = saved
+        self._apply_offers()
+        self._settle()
+        if self._offers and self._gap_timer is None and self._loop is not None:
+            # something stored before them is not here: it is probably on its way, else read the store
+            self._gap_timer = self._loop.call_later(OFFER_GAP_S, self._wake.set)
+
+    def _apply_offers(self) -> None:
+        """Applies the offered batches that continue the read models; forgets those already in."""
+        while self._offers:
+            first = min(self._offers)
+            if first > self._current() + 1:
+                break
+            batch = self._offers.pop(first)
+            if batch[-1][0] > self._current():
+                self._apply(batch)  # skips what it already has
+        if not self._offers and self._gap_timer is not None:
+            self._gap_timer.cancel()
+            self._gap_timer = None
 
     async def wait_for(self, position: int | None, timeout_s: float = 5.0) -> None:
         """Returns once the read models include `position` (read-your-writes)."""
@@ -91,7 +112,8 @@ class Follower:
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append((position, future))
-        self.wake()
+        if not self._offers:  # else the gap timer reads the store if the missing offer does not come
+            self.wake()
         await asyncio.wait_for(future, timeout_s)
 
     async def catch_up(self) -> int:
@@ -102,6 +124,8 @@ class Follower:
             self._apply(batch)
             if len(batch) < self._batch_size:
                 break
+        self._gap_timer = None  # the store was read: a new gap deserves a new wait
+        self._apply_offers()
         self.last_error = None
         self._settle()
         return self._current()

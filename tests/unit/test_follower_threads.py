@@ -22,8 +22,10 @@ class Models:
         self.position = 0
         self.stored = 0
         self.applied_on: list[tuple[int, int]] = []
+        self.reads = 0
 
     def read(self, after: int, limit: int) -> list[tuple[int, Any]]:
+        self.reads += 1
         return [(p, f"event {p}") for p in range(after + 1, min(self.stored, after + limit) + 1)]
 
     def apply(self, batch: list[tuple[int, Any]]) -> int:
@@ -67,3 +69,17 @@ async def test_an_offer_out_of_order_is_filled_from_the_store() -> None:
         await follower.wait_for(3, timeout_s=2)
         await follower.stop()
     assert [p for p, _ in models.applied_on] == [1, 2, 3]
+
+
+async def test_offers_arriving_out_of_order_apply_in_order_without_reading_the_store() -> None:
+    models = Models()
+    with ThreadPoolExecutor(2) as pool:
+        follower = await follower_of(models, pool)
+        reads_at_start = models.reads
+        models.stored = 3  # one group commit stored three commands; their threads report 3, 1, 2
+        for position in (3, 1, 2):
+            follower.offer([(position, f"event {position}")])
+        await follower.wait_for(3, timeout_s=2)
+        await follower.stop()
+    assert [p for p, _ in models.applied_on] == [1, 2, 3]
+    assert models.reads == reads_at_start

@@ -248,6 +248,24 @@ def test_next_run_uses_the_default_timezone_when_the_job_has_none() -> None:
     assert job_dto(models, job).next_run_at == datetime(2026, 3, 1, 19, 0, tzinfo=UTC)
 
 
+def test_jobs_sharing_a_schedule_each_get_the_fire_after_their_own_change(
+    models: ReadModels, log: EventLog
+) -> None:
+    # the projection remembers the last next fire per (cron, zone): it must only reuse it when it holds
+    day = timedelta(days=1)
+    first_fire = datetime(2026, 3, 2, 3, 0, tzinfo=UTC)  # 04:00 in Paris
+    moments = [T0, minutes(5), first_fire - timedelta(seconds=1), first_fire, T0 - day, first_fire + day]
+    jobs = [new_job(log, enabled=True, at=moment) for moment in moments]
+    assert [job_dto(models, job).next_run_at for job in jobs] == [
+        first_fire,
+        first_fire,
+        first_fire,
+        first_fire + day,
+        first_fire - day,
+        first_fire + 2 * day,
+    ]
+
+
 def test_list_is_ordered_by_creation_and_refreshed_after_a_change(models: ReadModels, log: EventLog) -> None:
     first = new_job(log, name="Zeta", at=minutes(0))
     second = new_job(log, name="Alpha", at=minutes(1))
