@@ -27,10 +27,11 @@ def run_server(app: ASGIApp, *, host: str, port: int, drain_s: float = 30) -> in
         log_config=None,
         access_log=False,
         lifespan="on",
-        # Explicit, so the server does not change with what else is installed (uvicorn's "auto" picks
-        # uvloop/httptools when present); docs/benchmarks.md compares both stacks.
+        # Explicit, so the server does not change with what else is installed. httptools (C) parses
+        # HTTP in a third of h11's time; uvloop would speed a bare app far more than libjobs, whose
+        # time is its own (docs/benchmarks.md compares the stacks).
         loop="asyncio",
-        http="h11",
+        http="httptools",
         timeout_graceful_shutdown=int(drain_s),
     )
     server = _Server(config)
