@@ -9,6 +9,8 @@ import pytest
 
 from tests.support.postgres import fresh_schema
 
+pytest_plugins = ["tests.support.nats"]  # the `nats_server` fixture: a real nats-server -js per test
+
 
 @pytest.fixture
 def postgres_url() -> Iterator[str]:

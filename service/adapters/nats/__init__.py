@@ -1,0 +1,1 @@
+"""NATS adapters: the embedded server, the connection, publishers and subscribers (SPEC §5)."""
