@@ -57,8 +57,10 @@ CatalogEventType = Literal[
     "LibraryRenamed",
     "LibraryDeleted",
     "SeriesUpserted",
+    "SeriesChanged",
     "SeriesDeleted",
     "BookUpserted",
+    "BookChanged",
     "BookDeleted",
 ]
 AggregateType = Literal["job", "library", "series", "book"]
@@ -252,8 +254,9 @@ class EventEnvelope(msgspec.Struct, rename="camel", kw_only=True):
     """One stored event as published on ``{p}.evt....`` (and served as the audit log's `AuditEventDto`).
 
     - `type` is the event's name (`JOB_EVENT_TYPES` or `CATALOG_EVENT_TYPES`); `data` its fields.
-    - `aggregateType`/`aggregateId` name the stream the event belongs to; `version` is its version in that
-      stream and `position` its place in the global order of all events.
+    - `aggregateType`/`aggregateId` name what the event is about, by the id clients know it by (the job id,
+      or the library server's library, series or book id); `version` is its version in that stream and
+      `position` its place in the global order of all events.
     - Job events: `aggregateType` ``"job"``, `jobId` = `aggregateId`, `libraryId` the job's library.
     - Catalog events: `jobId` is null, `libraryId` is the library (for library events, = `aggregateId`),
       `aggregateType` ``"library"``, ``"series"`` or ``"book"``.

@@ -72,8 +72,9 @@ class JobsView:
     # fire, and croniter takes ~80 µs to find it again
     _next_fires: dict[tuple[str, str], tuple[datetime, datetime | None]] = field(default_factory=dict)
 
-    def apply(self, event: Any) -> UUID | None:
-        """Applies one stored event; returns the id of the job it changed, if any."""
+    def apply(self, event: Any) -> JobRow | None:
+        """Applies one stored event; returns the row of the job it changed, if any (a deleted job's row
+        is no longer in `rows`)."""
         if not isinstance(event, LibraryJob.Event):
             return None
         job_id: UUID = event.originator_id
@@ -98,7 +99,7 @@ class JobsView:
                 del self.rows[job_id]
                 self.by_library.get(row.library_id, {}).pop(job_id, None)
                 self._lists.pop(row.library_id, None)
-                return job_id
+                return row
             if isinstance(event, LibraryJob.Updated):
                 row.definition = JobDefinition.from_dict(event.definition)
             elif isinstance(event, LibraryJob.Enabled | LibraryJob.Disabled):
@@ -110,7 +111,7 @@ class JobsView:
         row.next_run_at = self._next_run(row, after=event.timestamp)
         row.json = _encode(row.to_dto())
         self._lists.pop(row.library_id, None)
-        return job_id
+        return row
 
     def _next_run(self, row: JobRow, after: datetime) -> datetime | None:
         if not row.enabled:

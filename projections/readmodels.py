@@ -2,23 +2,41 @@
 
 The position is the notification id of the last applied event; it moves in the same step as the models,
 so a reader that sees position P sees every event up to P.
+
+An owner may listen to job changes (`on_change`, live events): after each applied batch it hears one
+`JobChange` per job the batch changed, in store order, on the thread that applies. Loading persisted rows
+(`restore`) and `reset` are not changes anyone hears of.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from projections.catalog import CatalogView
-from projections.jobs import JobsView
+from projections.jobs import JobRow, JobsView
 from projections.rows import ViewRow
 from service.ports import LibraryContents
 
+log = logging.getLogger("libjobs.projections")
+
+
+class JobChange(NamedTuple):
+    position: int  # of the last event of the batch that changed the job
+    library_id: UUID
+    job_id: UUID
+    json: bytes | None  # the job's LibraryJobDto after the change; None: deleted
+    version: int  # the job's version after the change (deleted: the last version it had)
+
 
 class ReadModels:
-    def __init__(self, *, default_timezone: str = "UTC") -> None:
+    def __init__(
+        self, *, default_timezone: str = "UTC", on_change: Callable[[JobChange], None] | None = None
+    ) -> None:
         self._default_timezone = default_timezone
+        self.on_change = on_change
         self.reset()
 
     def reset(self) -> None:
@@ -29,15 +47,34 @@ class ReadModels:
         self._dirty: set[tuple[str, str]] = set()
 
     def apply(self, batch: Iterable[tuple[int, Any]]) -> int:
+        listener = self.on_change
+        # job id → (position, row) of its last change; kept only while someone listens
+        changed: dict[UUID, tuple[int, JobRow]] | None = None if listener is None else {}
         for position, event in batch:
             if position <= self._position:
                 continue  # already applied: following is at-least-once, applying is exactly-once
-            job_id = self.jobs.apply(event)
-            if job_id is not None:
-                self._dirty.add(("job", str(job_id)))
+            row = self.jobs.apply(event)
+            if row is not None:
+                self._dirty.add(("job", str(row.id)))
+                if changed is not None:
+                    changed.pop(row.id, None)  # re-inserted at the end: announced in store order
+                    changed[row.id] = (position, row)
             self._dirty.update(self.catalog.apply(event))
             self._position = position
+        if changed and listener is not None:
+            self._announce(listener, changed.values())
         return self._position
+
+    def _announce(self, listener: Callable[[JobChange], None], changes: Iterable[tuple[int, JobRow]]) -> None:
+        """One change per job of the batch: a command's events (a PATCH's `Updated` and `Enabled`) arrive
+        in one batch (its own offer; a store read splits them only at its size limit), so listeners do
+        not hear of half a command."""
+        for position, row in changes:
+            json = row.json if row.id in self.jobs.rows else None
+            try:
+                listener(JobChange(position, row.library_id, row.id, json, row.version))
+            except Exception:  # a listener must not stop the models from following the store
+                log.exception("a job change listener failed")
 
     # --- persistence --------------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from psycopg.sql import SQL, Identifier
 from projections.rows import ViewRow
 
 VIEWS_NAME = "views_v1"
+RELAY_NAME = "relay_v1"  # the relay (service.adapters.nats.relay) keeps only its position here
 TABLE = "libjobs_view_rows"
 
 
@@ -39,7 +40,7 @@ class SqliteViewStore(SQLiteTrackingRecorder):
     def __init__(self, path: Path, name: str = VIEWS_NAME) -> None:
         super().__init__(SQLiteDatastore(str(path), lock_timeout=10))
         self.name = name
-        self._lock_path = path.with_suffix(".lock")
+        self._lock_path = path.with_name(f"{path.stem}.{name}.lock")  # one leader per name
         self._lock_fd: int | None = None
         self.create_table()
 

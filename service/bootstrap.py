@@ -15,23 +15,38 @@ from typing import Any, TypeVar
 
 from litestar import Litestar
 from litestar.types import ASGIApp
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
 
+from contracts.nats import Subjects
 from projections.readmodels import ReadModels
-from projections.sqlview import PostgresViewStore, SqliteViewStore
+from projections.sqlview import RELAY_NAME, VIEWS_NAME, PostgresViewStore, SqliteViewStore
 from service.adapters.follower import Follower
 from service.adapters.group_commit import GroupCommitter
 from service.adapters.idempotency import PostgresIdempotencyStore, SqliteIdempotencyStore
+from service.adapters.live import LiveEvents
 from service.adapters.logs import AccessLog, configure_logging
 from service.adapters.metrics import Metrics
+from service.adapters.nats.client import NatsLink, NatsOptions
+from service.adapters.nats.embedded import DataDirNats
+from service.adapters.nats.relay import Relay
+from service.adapters.nats.streams import StreamSettings, ensure_streams
 from service.adapters.plugins.directory import PluginDirectory
 from service.adapters.plugins.host import PluginHost
 from service.adapters.store import PostgresListener, PostgresTarget, StoreReader, setup_lock, store_env
 from service.application import LibraryJobs
 from service.domain.jobs import ValidationPolicy
 from service.entrypoints import cli
+from service.entrypoints.asyncapi import asyncapi_yaml
 from service.entrypoints.http.app import create_app, with_request_context
 from service.entrypoints.http.auth import Authenticator, sha256_hex
 from service.entrypoints.http.common import HttpServices
+from service.entrypoints.nats.commands import (
+    CommandResponder,
+    CommandSubscription,
+    NatsServices,
+    serve_commands,
+)
 from service.entrypoints.serve import run_server
 from service.ports import Clock, IdempotencyStore
 from service.settings import ApiKeySpec, Settings, SettingsError, load_settings
@@ -51,7 +66,8 @@ class Service:
         self.metrics = Metrics()
         self.access_log = AccessLog(settings.log_json)
         self.executor = ThreadPoolExecutor(max_workers=settings.store_pool_size, thread_name_prefix="store")
-        self.models = ReadModels(default_timezone=settings.default_timezone)
+        self.live = LiveEvents()
+        self.models = ReadModels(default_timezone=settings.default_timezone, on_change=self.live.job_changed)
         self.plugin_host = PluginHost(
             settings.plugins,
             call_timeout_s=settings.provider_timeout_s,
@@ -81,7 +97,8 @@ class Service:
                 clock=clock,
             )
             self.idempotency = self._idempotency_store()
-            self.views = self._view_store()
+            self.views = self._view_store(VIEWS_NAME)
+            self.relay_tracking = self._view_store(RELAY_NAME)
         self.reader = StoreReader(self.commands)
         self.follower = Follower(
             self.reader.read,
@@ -90,6 +107,20 @@ class Service:
             self.executor,
             batch_size=CATCH_UP_BATCH,
             poll_interval_s=0.02 if settings.database_url is None else 1.0,
+            on_advance=self._advanced,
+        )
+        self.subjects = Subjects(settings.nats_prefix)
+        self.stream_settings = StreamSettings()
+        self.embedded_nats = None if settings.nats_urls else DataDirNats(settings.data_dir)
+        self.nats: NatsLink | None = None
+        self.command_subscription: CommandSubscription | None = None
+        self.relay = Relay(
+            read=self.reader.read,
+            first_event=self.reader.first_event,
+            tracking=self.relay_tracking,
+            subjects=self.subjects,
+            run_sync=self.run_sync,
+            repair=self._ensure_streams,
         )
         self.metrics.track_lag(self.reader.max_position, lambda: self.follower.position)
         self._leading = False
@@ -111,11 +142,64 @@ class Service:
             return SqliteIdempotencyStore(self.settings.data_dir / "state.sqlite3")
         return PostgresIdempotencyStore(PostgresTarget.from_url(self.settings.database_url))
 
-    def _view_store(self) -> SqliteViewStore | PostgresViewStore:
+    def _view_store(self, name: str) -> SqliteViewStore | PostgresViewStore:
         if self.settings.database_url is None:
-            return SqliteViewStore(self.settings.data_dir / "views.sqlite3")
+            return SqliteViewStore(self.settings.data_dir / "views.sqlite3", name)
         target = PostgresTarget.from_url(self.settings.database_url)
-        return PostgresViewStore(target.params(), target.schema)
+        return PostgresViewStore(target.params(), target.schema, name)
+
+    def _advanced(self, position: int) -> None:
+        """On the loop, whenever the read models advance: new events are stored."""
+        self.relay.wake()
+
+    async def _ensure_streams(self, js: JetStreamContext) -> None:
+        await ensure_streams(js, self.subjects, self.stream_settings)
+
+    async def _on_nats_connected(self, client: NatsClient, js: JetStreamContext) -> None:
+        """After each first connection (nats-py restores subscriptions after reconnects itself)."""
+        await self._ensure_streams(js)
+        if "projector" in self.settings.roles:
+            self.relay.start(js)
+        if "api" in self.settings.roles and self.command_subscription is None:  # this step may be retried
+            self.command_subscription = await serve_commands(client, self._command_responder())
+
+    def _command_responder(self) -> CommandResponder:
+        services = NatsServices(
+            commands=self.commands,
+            queries=self.models,
+            wait_for=self.follower.wait_for,
+            run_sync=self.run_sync,
+            idempotency=self.idempotency,
+            max_payload_bytes=self.settings.max_body_bytes,
+        )
+        return CommandResponder(services, self.subjects)
+
+    def nats_options(self, urls: Sequence[str]) -> NatsOptions:
+        s = self.settings
+        return NatsOptions(
+            urls=urls,
+            name=f"libjobs {','.join(sorted(s.roles))}",
+            creds=s.nats_creds,
+            tls_ca=s.nats_tls_ca,
+            tls_cert=s.nats_tls_cert,
+            tls_key=s.nats_tls_key,
+        )
+
+    async def _start_nats(self) -> None:
+        urls: Sequence[str] = self.settings.nats_urls
+        if self.embedded_nats is not None:
+            urls = [await self.embedded_nats.start()]
+        self.nats = NatsLink(self.nats_options(urls), on_connect=[self._on_nats_connected])
+        self.nats.start()
+
+    async def _stop_nats(self) -> None:
+        if self.command_subscription is not None:
+            await self.command_subscription.drain()
+        await self.relay.stop()
+        if self.nats is not None:
+            await self.nats.close()
+        if self.embedded_nats is not None:
+            await self.embedded_nats.stop()
 
     def _library_contents(self, library_id: Any) -> Any:
         """From a command's thread: the library's contents, including everything stored before."""
@@ -183,7 +267,16 @@ class Service:
             return False, checks
         lag = max(0, store_position - self.follower.position)
         checks["projectionLag"] = lag
-        return lag <= READY_MAX_LAG, checks
+        nats_ok = self.nats is not None and self.nats.connected
+        checks["nats"] = "ok" if nats_ok else f"unavailable: {self._nats_problem()}"
+        if "projector" in self.settings.roles:
+            checks["relayLag"] = max(0, store_position - self.relay.position) if self.relay.leading else None
+        return lag <= READY_MAX_LAG and nats_ok, checks
+
+    def _nats_problem(self) -> str:
+        if self.nats is None:
+            return "not started"
+        return self.nats.last_error or "connecting"
 
     # --- lifecycle ----------------------------------------------------------------------------------
 
@@ -191,6 +284,7 @@ class Service:
         self._loop = asyncio.get_running_loop()
         await self.run_sync(self.load_views)
         await self.follower.start()
+        await self._start_nats()
         self._persister = asyncio.create_task(self._persist_forever(), name="persist-views")
         if self._listener is not None:
             self._listener.start()
@@ -201,6 +295,8 @@ class Service:
         )
 
     async def stop(self) -> None:
+        self.live.close()
+        await self._stop_nats()
         await self.follower.stop()
         if self._persister is not None:
             self._persister.cancel()
@@ -219,6 +315,7 @@ class Service:
         if close is not None:
             close()
         self.views.close()
+        self.relay_tracking.close()
         self.commands.close()
         log.info("libjobs stopped")
         self.access_log.flush()
@@ -235,6 +332,7 @@ class Service:
             readiness=self.readiness,
             metrics=self.metrics,
             max_body_bytes=self.settings.max_body_bytes,
+            live=self.live,
         )
         app = create_app(services, api="api" in self.settings.roles)
         app.on_startup.append(self.start)
@@ -284,6 +382,32 @@ def build_http(settings: Settings, *, clock: Clock | None = None) -> tuple[Servi
     return service, service.asgi(authenticator)
 
 
+async def nats_setup(settings: Settings, *, out: Callable[[str], None] = print) -> int:
+    """`libjobs nats setup`: the streams and consumer on the configured NATS, or on the embedded server
+    of this data dir (the running one, else started for the occasion)."""
+    embedded = None if settings.nats_urls else DataDirNats(settings.data_dir)
+    urls = list(settings.nats_urls) if embedded is None else [await embedded.start()]
+    options = NatsOptions(urls, name="libjobs nats setup", creds=settings.nats_creds,
+                          tls_ca=settings.nats_tls_ca, tls_cert=settings.nats_tls_cert,
+                          tls_key=settings.nats_tls_key)  # fmt: skip
+    link = NatsLink(options)
+    try:
+        link.start()
+        try:
+            await link.wait_ready(10)
+        except TimeoutError:
+            return cli.fail(f"cannot reach NATS at {', '.join(urls)}: {link.last_error or 'timed out'}")
+        for line in await ensure_streams(
+            link.client.jetstream(), Subjects(settings.nats_prefix), StreamSettings()
+        ):
+            out(line)
+        return 0
+    finally:
+        await link.close()
+        if embedded is not None:
+            await embedded.stop()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The `libjobs` console script: parse, load settings, wire, run."""
     args = cli.parse_args(argv)
@@ -296,12 +420,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as e:
         return cli.fail(str(e))
     configure_logging(settings.log_json)
+    if args.command == "asyncapi":
+        print(asyncapi_yaml(settings.nats_prefix), end="")
+        return 0
+    if args.command == "nats":
+        return asyncio.run(nats_setup(settings))
     try:
-        _, app = build_http(settings)
+        service, app = build_http(settings)
     except Exception as e:  # the store or a config value cannot be used: one line, details in the log
         log.debug("start-up failed", exc_info=True)
         return cli.fail(f"cannot start: {e}")
-    return run_server(app, host=settings.host, port=settings.port)
+    return run_server(app, host=settings.host, port=settings.port, on_exit=service.live.close)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol, Self, TypeVar
 from uuid import UUID
+
+T = TypeVar("T")
 
 
 class Clock(Protocol):
@@ -49,6 +51,14 @@ class ReadModelQueries(Protocol):
 
 
 WaitForPosition = Callable[[int | None], Awaitable[None]]
+
+
+class RunSync(Protocol):
+    """Runs a blocking call (the event store) in the store's bounded thread pool."""
+
+    def __call__(self, fn: Callable[..., T], /, *args: Any) -> Awaitable[T]: ...
+
+
 # (method, path, route template, status, seconds, request id): one log line and the metrics per request
 RequestObserver = Callable[[str, str, str, int, float, str], None]
 
@@ -57,7 +67,7 @@ RequestObserver = Callable[[str, str, str, int, float, str], None]
 class StoredResponse:
     """The first response to an `Idempotency-Key`, replayed to retries that send the same request."""
 
-    fingerprint: str  # SHA-256 of method, path and body
+    fingerprint: str  # SHA-256 of the request: method, path and body (HTTP); command and payload (NATS)
     status: int
     body: bytes
     headers: dict[str, str]
@@ -68,3 +78,30 @@ class IdempotencyStore(Protocol):
 
     def get(self, key: str) -> StoredResponse | None: ...
     def put(self, key: str, response: StoredResponse) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LiveMessage:
+    """One message for live subscribers (`GET /events`), shared by every subscriber it goes to."""
+
+    kind: str  # the SSE event name: job.changed, run.changed, dropped
+    data: bytes  # one line of JSON (`contracts.live`)
+    id: str | None = None  # the store position of the change
+    library_id: UUID | None = None  # what a subscriber's library filter compares
+
+
+class LiveSubscription(Protocol):
+    """One subscriber's feed, open inside `with`. Iterating yields the messages that pass its filter, and
+    None after a quiet spell (time for a keep-alive); it ends once the feed closes or drops it."""
+
+    def __enter__(self) -> Self: ...
+    def __exit__(self, *exc_info: object) -> None: ...
+    def __aiter__(self) -> AsyncIterator[LiveMessage | None]: ...
+
+
+class LiveFeed(Protocol):
+    """The changes this process applies, as they happen (`kinds` None: every kind)."""
+
+    def subscribe(
+        self, *, library_id: UUID | None = None, kinds: frozenset[str] | None = None
+    ) -> LiveSubscription: ...

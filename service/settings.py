@@ -80,6 +80,10 @@ class Settings:
     database_url: str | None = field(default=None, repr=False)  # None: embedded SQLite; may hold a password
     nats_urls: tuple[str, ...] = ()  # empty: embedded nats-server under data_dir
     nats_prefix: str = "libjobs"
+    nats_creds: Path | None = None  # a NATS .creds file (JWT + NKey seed)
+    nats_tls_ca: Path | None = None  # CA bundle that signed the servers' certificates
+    nats_tls_cert: Path | None = None  # client certificate and key, for mutual TLS
+    nats_tls_key: Path | None = None
     api_key: str | None = field(default=None, repr=False)  # LIBJOBS_API_KEY: an admin key
     api_keys: tuple[ApiKeySpec, ...] = ()
     jwt: JwtSettings | None = None
@@ -407,6 +411,10 @@ _ENV: Final[dict[str, tuple[str, Parse]]] = {
     "LIBJOBS_DATABASE_URL": ("database_url", _database_url),
     "LIBJOBS_NATS_URL": ("nats_urls", _nats_urls),
     "LIBJOBS_NATS_PREFIX": ("nats_prefix", _nats_prefix),
+    "LIBJOBS_NATS_CREDS": ("nats_creds", _path),
+    "LIBJOBS_NATS_TLS_CA": ("nats_tls_ca", _path),
+    "LIBJOBS_NATS_TLS_CERT": ("nats_tls_cert", _path),
+    "LIBJOBS_NATS_TLS_KEY": ("nats_tls_key", _path),
     "LIBJOBS_API_KEY": ("api_key", _api_key),
     "LIBJOBS_DEFAULT_TIMEZONE": ("default_timezone", _timezone),
     "LIBJOBS_MIN_INTERVAL_S": ("min_interval_s", functools.partial(_int, lo=0, hi=86_400)),
@@ -451,6 +459,10 @@ _TOP_KEYS: Final = {
     "database_url": _Key("database_url", "string", _database_url, ref=True),
     "nats_urls": _Key("nats_urls", "strings", _nats_urls),
     "nats_prefix": _Key("nats_prefix", "string", _nats_prefix),
+    "nats_creds": _Key("nats_creds", "string", _path, path=True),
+    "nats_tls_ca": _Key("nats_tls_ca", "string", _path, path=True),
+    "nats_tls_cert": _Key("nats_tls_cert", "string", _path, path=True),
+    "nats_tls_key": _Key("nats_tls_key", "string", _path, path=True),
 }
 _SECTIONS: Final[dict[str, dict[str, _Key]]] = {
     "server": {
@@ -814,4 +826,6 @@ def load_settings(*, env: Mapping[str, str], flags: Mapping[str, Any] | None = N
         if key in flags:
             values[key] = parse(f"--{key.replace('_', '-')}", flags[key])
 
+    if ("nats_tls_cert" in values) != ("nats_tls_key" in values):
+        raise SettingsError("LIBJOBS_NATS_TLS_CERT, LIBJOBS_NATS_TLS_KEY: mutual TLS needs both of them")
     return Settings(**values, jwt=_build_jwt(jwt))

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
+from uuid import UUID
 
 import psycopg
 from eventsourcing.application import Application
@@ -128,6 +129,11 @@ class StoreReader:
 
     def max_position(self) -> int:
         return int(self._recorder.max_notification_id() or 0)
+
+    def first_event(self, aggregate_id: UUID) -> Any:
+        """An aggregate's first event (its creation), or None when nothing is stored for it."""
+        stored = self._recorder.select_events(aggregate_id, lte=1, limit=1)
+        return self._mapper.to_domain_event(stored[0]) if stored else None
 
 
 class PostgresListener:

@@ -22,15 +22,28 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the service (embedded SQLite unless LIBJOBS_DATABASE_URL)")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", help="port to listen on (default 8000)")
-    serve.add_argument("--data-dir", dest="data_dir", help="where embedded data lives (default ./.libjobs)")
-    serve.add_argument("--config", help="TOML config file (or LIBJOBS_CONFIG)")
+    _store_flags(serve)
     serve.add_argument("--roles", help="comma-separated: api,scheduler,executor,projector (default all)")
+
+    nats = commands.add_parser("nats", help="NATS tools")
+    nats_commands = nats.add_subparsers(dest="nats_command", required=True, parser_class=_Parser)
+    setup = nats_commands.add_parser("setup", help="create or update the JetStream streams and consumer")
+    _store_flags(setup)
+
+    asyncapi = commands.add_parser("asyncapi", help="print the AsyncAPI 3 document of the NATS API")
+    asyncapi.add_argument("--config", help="TOML config file (or LIBJOBS_CONFIG), for the subject prefix")
 
     plugin = commands.add_parser("plugin", help="plugin tools")
     plugin_commands = plugin.add_subparsers(dest="plugin_command", required=True, parser_class=_Parser)
     fixture = plugin_commands.add_parser("fixture", help="run the reference plugin over stdio")
     fixture.add_argument("--data", required=True, help="JSON file of series/book metadata to serve")
     return parser
+
+
+def _store_flags(command: argparse.ArgumentParser) -> None:
+    """What every command that touches the store or NATS takes, so it finds the data `serve` uses."""
+    command.add_argument("--data-dir", dest="data_dir", help="where embedded data lives (default ./.libjobs)")
+    command.add_argument("--config", help="TOML config file (or LIBJOBS_CONFIG)")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

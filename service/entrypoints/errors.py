@@ -83,6 +83,25 @@ def decode_error_details(message: str, key: str | None) -> dict[str, str]:
     return {"field": path or "body", "code": "invalid"}
 
 
+def shape_error(message: str, key: str | None, *, patch: bool = False) -> ErrorResponse:
+    """The 400 of a body that is JSON but not of the request's shape (`patch`: a job's change)."""
+    details = decode_error_details(message, key)
+    if patch and details == {"field": "config.type", "code": "invalid_value"}:
+        # Only metadata_refresh exists, so any other type on a PATCH differs from the job's.
+        details["code"] = "type_mismatch"
+        message = "config.type must equal the job's type (metadata_refresh)"
+    return error_body(400, f"Invalid request: {details['field']}: {message}", details)
+
+
+def undecodable(error: msgspec.MsgspecError, *, patch: bool = False) -> ErrorResponse:
+    """The 400 of a body msgspec could not decode (strictly) into the request's type."""
+    if isinstance(error, msgspec.ValidationError):
+        message, _, path = str(error).partition(" - at `$")
+        return shape_error(message, path.rstrip("`").lstrip(".") or None, patch=patch)
+    details = {"field": "body", "code": "malformed_json"}
+    return error_body(400, f"Malformed JSON body: JSON is malformed: {error}", details)
+
+
 def status_phrase(status: int) -> str:
     try:
         return HTTPStatus(status).phrase

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from types import FrameType
 
 import uvicorn
 from litestar.types import ASGIApp
 
 
 class _Server(uvicorn.Server):
+    on_exit: Callable[[], None] | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # uvicorn drains open connections before the app's shutdown runs: event streams never end by
+        # themselves, so end them first or the drain waits for its whole timeout
+        if self.on_exit is not None and self.started:
+            asyncio.get_running_loop().call_soon_threadsafe(self.on_exit)
+        super().handle_exit(sig, frame)
+
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         # uvicorn re-raises a captured SIGTERM/SIGINT after its graceful shutdown, so the process would
@@ -19,7 +30,9 @@ class _Server(uvicorn.Server):
             self._captured_signals.clear()
 
 
-def run_server(app: ASGIApp, *, host: str, port: int, drain_s: float = 30) -> int:
+def run_server(
+    app: ASGIApp, *, host: str, port: int, drain_s: float = 30, on_exit: Callable[[], None] | None = None
+) -> int:
     config = uvicorn.Config(
         app,
         host=host,
@@ -35,5 +48,6 @@ def run_server(app: ASGIApp, *, host: str, port: int, drain_s: float = 30) -> in
         timeout_graceful_shutdown=int(drain_s),
     )
     server = _Server(config)
+    server.on_exit = on_exit
     server.run()  # SIGTERM/SIGINT: stop accepting, finish in-flight requests, run shutdown, return
     return 0 if server.started else 1

@@ -7,7 +7,10 @@ from typing import Any
 import msgspec
 
 from contracts.jobs import CreateLibraryJobRequest, MetadataRefreshConfigInput, PatchLibraryJobRequest
+from service.domain.errors import ValidationFailed
 from service.domain.jobs import MISSING, ConfigDraft, CreateDraft, Missing, PatchDraft
+
+NAME_MAX = 200
 
 
 def _opt(value: Any) -> Any:
@@ -16,6 +19,16 @@ def _opt(value: Any) -> Any:
 
 def _tri(value: Any) -> Any | Missing:
     return MISSING if value is msgspec.UNSET else value
+
+
+def catalog_text(value: str, field: str) -> str:
+    """A catalog name or title: trimmed, 1-200 characters."""
+    value = value.strip()
+    if not value:
+        raise ValidationFailed(field, "empty", f"{field} must not be empty")
+    if len(value) > NAME_MAX:
+        raise ValidationFailed(field, "too_long", f"{field} is longer than {NAME_MAX} characters")
+    return value
 
 
 def config_draft(config: MetadataRefreshConfigInput) -> ConfigDraft:

@@ -17,7 +17,7 @@ import pytest
 from nats.aio.client import Client
 from nats.js.api import StorageType
 
-from service.adapters.nats.embedded import EmbeddedNats, EmbeddedNatsError
+from service.adapters.nats.embedded import DataDirNats, EmbeddedNats, EmbeddedNatsError, greets, running_url
 from tests.integration.harness import eventually
 from tests.support.nats import NatsServer
 
@@ -202,3 +202,22 @@ async def test_the_test_server_keeps_stream_data_across_stop_start_and_kill(tmp_
             assert (await js.get_msg("T", second.seq)).data == b"two"
         finally:
             await nc.close()
+
+
+async def test_processes_on_one_data_dir_share_one_server(tmp_path: Path) -> None:
+    # Two nats-servers on one JetStream store would corrupt it: the second user joins the first's server.
+    first, second = DataDirNats(tmp_path), DataDirNats(tmp_path)
+    url = await first.start()
+    try:
+        assert await second.start() == url
+        assert (first.owner, second.owner) == (True, False)
+        assert running_url(tmp_path) == url
+    finally:
+        await second.stop()  # a joiner stops nothing
+        assert await greets(url)
+        await first.stop()
+    assert running_url(tmp_path) is None
+    third = DataDirNats(tmp_path)  # the lock is free again: the next process runs the server
+    await third.start()
+    assert third.owner
+    await third.stop()

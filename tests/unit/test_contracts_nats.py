@@ -19,11 +19,9 @@ from referencing.jsonschema import DRAFT7
 
 from contracts.jobs import MetadataRefreshConfigDto
 from contracts.nats import (
-    CATALOG_EVENT_TYPES,
     COMMANDS,
     EVENTS_STREAM,
     EXECUTOR_DURABLE,
-    JOB_EVENT_TYPES,
     RUNS_STREAM,
     CommandError,
     CommandOk,
@@ -118,30 +116,6 @@ def test_a_bad_prefix_is_refused(prefix: str) -> None:
 def test_a_token_that_would_change_the_subject_is_refused(token: str) -> None:
     with pytest.raises(ValueError, match="token"):
         Subjects().job_events(LIB, token)
-
-
-def test_event_type_names() -> None:
-    assert JOB_EVENT_TYPES == (
-        "JobCreated",
-        "JobUpdated",
-        "JobEnabled",
-        "JobDisabled",
-        "JobDeleted",
-        "RunRequested",
-        "RunStarted",
-        "RunProgressed",
-        "RunFinished",
-        "FireSkipped",
-    )
-    assert CATALOG_EVENT_TYPES == (
-        "LibraryRegistered",
-        "LibraryRenamed",
-        "LibraryDeleted",
-        "SeriesUpserted",
-        "SeriesDeleted",
-        "BookUpserted",
-        "BookDeleted",
-    )
 
 
 # ------------------------------------------------------------------------------------------------

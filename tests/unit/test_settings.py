@@ -117,6 +117,8 @@ def test_flags_given_as_none_are_not_given() -> None:
             ("nats://a:4222", "tls://b:4222", "nats://u:p@c"),
         ),
         ("LIBJOBS_NATS_PREFIX", "libjobs_test-1", "nats_prefix", "libjobs_test-1"),
+        ("LIBJOBS_NATS_CREDS", "/etc/nats/libjobs.creds", "nats_creds", Path("/etc/nats/libjobs.creds")),
+        ("LIBJOBS_NATS_TLS_CA", "/etc/nats/ca.pem", "nats_tls_ca", Path("/etc/nats/ca.pem")),
         ("LIBJOBS_API_KEY", "k3y-with.symbols!", "api_key", "k3y-with.symbols!"),
         ("LIBJOBS_DEFAULT_TIMEZONE", "Europe/Paris", "default_timezone", "Europe/Paris"),
         ("LIBJOBS_MIN_INTERVAL_S", "1", "min_interval_s", 1),
@@ -133,6 +135,13 @@ def test_flags_given_as_none_are_not_given() -> None:
 )
 def test_each_variable_is_read(var: str, value: str, attr: str, expected: Any) -> None:
     assert getattr(load_settings(env={var: value}), attr) == expected
+
+
+def test_mutual_tls_needs_both_certificate_and_key() -> None:
+    both = load_settings(env={"LIBJOBS_NATS_TLS_CERT": "/c.pem", "LIBJOBS_NATS_TLS_KEY": "/k.pem"})
+    assert (both.nats_tls_cert, both.nats_tls_key) == (Path("/c.pem"), Path("/k.pem"))
+    with pytest.raises(SettingsError, match="mutual TLS needs both"):
+        load_settings(env={"LIBJOBS_NATS_TLS_CERT": "/c.pem"})
 
 
 @pytest.mark.parametrize(

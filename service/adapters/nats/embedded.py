@@ -22,6 +22,7 @@ import asyncio
 import collections
 import contextlib
 import ctypes
+import fcntl
 import logging
 import os
 import re
@@ -32,14 +33,18 @@ import sys
 import sysconfig
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 __all__ = [
+    "DataDirNats",
     "EmbeddedNats",
     "EmbeddedNatsError",
     "NatsServerMissing",
     "free_port",
+    "greets",
     "nats_server_binary",
     "parent_death_signal",
+    "running_url",
     "server_command",
 ]
 
@@ -297,6 +302,12 @@ class EmbeddedNats:
             self._log.log(_LEVELS.get(tag.group(1) if tag else "", logging.DEBUG), "%s", text)
 
 
+async def greets(url: str) -> bool:
+    """Whether a NATS server answers at `nats://host:port` (e.g. the embedded server of a running serve)."""
+    parts = urlsplit(url)
+    return parts.hostname is not None and parts.port is not None and await _greets(parts.hostname, parts.port)
+
+
 async def _greets(host: str, port: int) -> bool:
     """Whether a NATS server on host:port sends its `INFO {…}` greeting."""
     try:
@@ -331,3 +342,73 @@ async def _end(proc: asyncio.subprocess.Process, pump: asyncio.Task[None] | None
         await proc.wait()
     if pump is not None:
         await pump
+
+
+class DataDirNats:
+    """The embedded server of one data dir, shared by the processes that use that data dir.
+
+    Two nats-servers must never share a JetStream store, so the first process to start takes a lock
+    file and runs the server (writing its URL next to it); the others connect to that URL. If the
+    owner stops, the others keep trying to reconnect and report NATS as down until it is back: embedded
+    mode is for one machine; several replicas should use `LIBJOBS_NATS_URL`.
+    """
+
+    def __init__(self, data_dir: Path, *, join_timeout_s: float = READY_TIMEOUT_S) -> None:
+        self.data_dir = data_dir
+        self.server = EmbeddedNats(data_dir / "nats")
+        self._join_timeout_s = join_timeout_s
+        self._lock_fd: int | None = None
+
+    @property
+    def url_file(self) -> Path:
+        return self.data_dir / "nats.url"
+
+    @property
+    def owner(self) -> bool:
+        return self._lock_fd is not None
+
+    async def start(self) -> str:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.data_dir / "nats.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return await self._join()
+        self._lock_fd = fd
+        try:
+            url = await self.server.start()
+        except BaseException:
+            await self.stop()
+            raise
+        self.url_file.write_text(url + "\n")
+        return url
+
+    async def _join(self) -> str:
+        """The URL of the server another process runs for this data dir, once it answers."""
+        deadline = asyncio.get_running_loop().time() + self._join_timeout_s
+        while True:
+            url = running_url(self.data_dir)
+            if url is not None and await greets(url):
+                return url
+            if asyncio.get_running_loop().time() > deadline:
+                raise EmbeddedNatsError(
+                    f"another process holds {self.data_dir}/nats.lock but its server does not answer"
+                )
+            await asyncio.sleep(_POLL_S * 5)
+
+    async def stop(self) -> None:
+        if self._lock_fd is None:
+            return
+        self.url_file.unlink(missing_ok=True)
+        await self.server.stop()
+        os.close(self._lock_fd)  # releases the lock
+        self._lock_fd = None
+
+
+def running_url(data_dir: Path) -> str | None:
+    """The URL the embedded server of this data dir was started on, if a process runs it."""
+    try:
+        return (data_dir / "nats.url").read_text().strip() or None
+    except FileNotFoundError:
+        return None

@@ -18,8 +18,8 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ASGIApp, Message, Receive, Send
 
 from service.domain.errors import DomainError
-from service.entrypoints.errors import decode_error_details, domain_error, error_body, status_phrase
-from service.entrypoints.http import catalog, jobs, meta, ops
+from service.entrypoints.errors import domain_error, error_body, shape_error, status_phrase
+from service.entrypoints.http import catalog, events, jobs, meta, ops
 from service.entrypoints.http.auth import AuthError
 from service.entrypoints.http.common import JSON, HttpServices
 from service.ports import RequestObserver
@@ -74,13 +74,7 @@ def handle_error(request: Request[Any, Any, Any], exc: Exception) -> Response[by
     if isinstance(exc, ValidationException):
         extra = exc.extra[0] if isinstance(exc.extra, list) and exc.extra else {}
         message = str(extra.get("message") or exc.detail)
-        details = decode_error_details(message, extra.get("key"))
-        if request.method == "PATCH" and details == {"field": "config.type", "code": "invalid_value"}:
-            # Only metadata_refresh exists, so any other type on a PATCH differs from the job's.
-            details["code"] = "type_mismatch"
-            message = "config.type must equal the job's type (metadata_refresh)"
-        text = f"Invalid request: {details['field']}: {message}"
-        return _json_error(400, error_body(400, text, details))
+        return _json_error(400, shape_error(message, extra.get("key"), patch=request.method == "PATCH"))
     if isinstance(exc, HTTPException):
         return _http_error(request, exc)
     rid = request.scope.get("state", {}).get("request_id")
@@ -139,7 +133,7 @@ def create_app(services: HttpServices, *, api: bool = True, debug: bool = False)
     """The app; `api=False` serves only the operational routes (a process without the api role)."""
     router = Router(
         path="/api/v1",
-        route_handlers=[*jobs.ROUTES, *catalog.ROUTES, *meta.ROUTES],
+        route_handlers=[*jobs.ROUTES, *catalog.ROUTES, *meta.ROUTES, *events.ROUTES],
         middleware=[authenticating],
         security=[{"ApiKey": []}, {"Bearer": []}],
     )

@@ -22,24 +22,15 @@ from contracts.catalog import (
     UpsertSeriesRequest,
 )
 from service.application import Saved
-from service.domain.errors import NotFound, ValidationFailed
+from service.domain.errors import NotFound
 from service.entrypoints.http.common import JSON, check_body, context, error_responses, services
+from service.entrypoints.translate import catalog_text
 
 LIBRARY = "/libraries/{library_id:uuid}"
 SERIES = LIBRARY + "/series/{series_id:uuid}"
 BOOK = LIBRARY + "/books/{book_id:uuid}"
-NAME_MAX = 200
 Limit = Annotated[int, Parameter(ge=1, le=500, description="Page size (default 50, at most 500)")]
 Cursor = Annotated[str | None, Parameter(description="Opaque cursor from the previous page's nextCursor")]
-
-
-def _text(value: str, field: str) -> str:
-    value = value.strip()
-    if not value:
-        raise ValidationFailed(field, "empty", f"{field} must not be empty")
-    if len(value) > NAME_MAX:
-        raise ValidationFailed(field, "too_long", f"{field} is longer than {NAME_MAX} characters")
-    return value
 
 
 def _found(body: bytes | None, what: str, saved: Saved | None = None) -> Response[Any]:
@@ -76,7 +67,7 @@ async def put_library(
     request: Request[Any, Any, Any], library_id: UUID, data: UpsertLibraryRequest
 ) -> Response[LibraryDto]:
     svc = services(request)
-    name = _text(data.name, "name")
+    name = catalog_text(data.name, "name")
     saved = await svc.run_sync(svc.commands.upsert_library, library_id, name, context(request))
     await svc.wait_for(saved.position)
     return _found(svc.queries.library_json(library_id), "Library", saved)
@@ -129,7 +120,7 @@ async def put_series(
     request: Request[Any, Any, Any], library_id: UUID, series_id: UUID, data: UpsertSeriesRequest
 ) -> Response[SeriesDto]:
     svc = services(request)
-    data.title = _text(data.title, "title")
+    data.title = catalog_text(data.title, "title")
     state = msgspec.to_builtins(data)
     saved = await svc.run_sync(svc.commands.upsert_series, library_id, series_id, state, context(request))
     await svc.wait_for(saved.position)
@@ -180,7 +171,7 @@ async def put_book(
     request: Request[Any, Any, Any], library_id: UUID, book_id: UUID, data: UpsertBookRequest
 ) -> Response[BookDto]:
     svc = services(request)
-    data.title = _text(data.title, "title")
+    data.title = catalog_text(data.title, "title")
     state = msgspec.to_builtins(data)
     saved = await svc.run_sync(svc.commands.upsert_book, library_id, book_id, state, context(request))
     await svc.wait_for(saved.position)

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import re
-import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import msgspec
 from litestar import Request
@@ -18,22 +15,23 @@ from litestar.openapi.datastructures import ResponseSpec
 from contracts.errors import ErrorResponse
 from contracts.jobs import PluginDto
 from service.application import LibraryJobs
-from service.domain.errors import Conflict, DomainError, ValidationFailed
+from service.domain.errors import DomainError
 from service.entrypoints.errors import domain_error
 from service.entrypoints.http.auth import Authenticator, Principal
-from service.ports import CommandContext, IdempotencyStore, ReadModelQueries, StoredResponse, WaitForPosition
+from service.entrypoints.idempotency import Idempotency, check_key, fingerprint
+from service.entrypoints.idempotency import Reply as Reply  # the handlers build replies from here
+from service.ports import (
+    CommandContext,
+    IdempotencyStore,
+    LiveFeed,
+    ReadModelQueries,
+    RunSync,
+    WaitForPosition,
+)
 
-T = TypeVar("T")
 JSON = "application/json"
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _JSON_TYPE = re.compile(r"application/(?:[\w.+-]+\+)?json")
-IDEMPOTENCY_KEY_MAX = 128
-
-
-class RunSync(Protocol):
-    """Runs a blocking call (the event store) in the store's bounded thread pool."""
-
-    def __call__(self, fn: Callable[..., T], /, *args: Any) -> Awaitable[T]: ...
 
 
 class PluginDirectory(Protocol):
@@ -57,10 +55,11 @@ class HttpServices:
     readiness: Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
     metrics: Metrics
     max_body_bytes: int = 64 * 1024
-    # A lock lives while a request holds it, so the map never grows with old keys.
-    _key_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = field(
-        default_factory=weakref.WeakValueDictionary
-    )
+    live: LiveFeed | None = None  # None: `GET /events` answers 503
+    _idempotent: Idempotency = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._idempotent = Idempotency(self.idempotency, self.run_sync)
 
 
 async def check_body(request: Request[Any, Any, Any]) -> None:
@@ -165,50 +164,25 @@ def error_responses(*statuses: int) -> dict[int, ResponseSpec]:
     }
 
 
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    body: bytes
-    headers: dict[str, str] = field(default_factory=dict)
-
-
 async def idempotent(request: Request[Any, Any, Any], handle: Callable[[], Awaitable[Reply]]) -> Reply:
     """Runs a POST once per `Idempotency-Key`: a retry with the same body gets the first reply."""
     key = request.headers.get("idempotency-key")
     if key is None:
         return await handle()
-    if not key or len(key) > IDEMPOTENCY_KEY_MAX:
-        raise ValidationFailed(
-            "Idempotency-Key", "invalid_header", f"Idempotency-Key must be 1-{IDEMPOTENCY_KEY_MAX} characters"
-        )
-    svc = services(request)
+    check_key(key)
     scoped = f"{principal(request).id}\n{key}"
-    body = await request.body()
-    fingerprint = hashlib.sha256(
-        b"\n".join([request.method.encode(), request.url.path.encode(), body])
-    ).hexdigest()
-    lock = svc._key_locks.get(scoped)
-    if lock is None:
-        lock = svc._key_locks[scoped] = asyncio.Lock()
-    async with lock:  # one request per key at a time in this process; the store settles the rest
-        stored = await svc.run_sync(svc.idempotency.get, scoped)
-        if stored is not None:
-            if stored.fingerprint != fingerprint:
-                raise IdempotencyMismatch
-            return Reply(stored.status, stored.body, {**stored.headers, "Idempotent-Replayed": "true"})
+    request_print = fingerprint(request.method.encode(), request.url.path.encode(), await request.body())
+
+    async def replied() -> Reply:
         try:
-            reply = await handle()
-        except DomainError as e:
+            return await handle()
+        except DomainError as e:  # a refusal is an answer too, replayed like a success
             status, error = domain_error(e)
             if status >= 500:
                 raise
-            reply = Reply(status, msgspec.json.encode(error))
-        await svc.run_sync(
-            svc.idempotency.put, scoped, StoredResponse(fingerprint, reply.status, reply.body, reply.headers)
-        )
-        return reply
+            return Reply(status, msgspec.json.encode(error))
 
-
-class IdempotencyMismatch(Conflict):
-    def __init__(self) -> None:
-        super().__init__("Idempotency-Key was already used with a different request")
+    reply, replayed = await services(request)._idempotent.once(scoped, request_print, replied)
+    if replayed:
+        return Reply(reply.status, reply.body, {**reply.headers, "Idempotent-Replayed": "true"})
+    return reply
