@@ -1,4 +1,4 @@
-"""`python -m bench`: every benchmark of issue 2 in one run, a table on stdout and the numbers as JSON.
+"""`python -m bench`: every benchmark (issue 2's and NATS's) in one run, a table on stdout, JSON numbers.
 
     python -m bench [--quick] [--only NAME[,NAME]] [--out bench/results/issue2.json]
 
@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench import http_reads, visibility, writes
+from bench import http_reads, nats, visibility, writes
 from bench.common import Options, Result, table, write_json
 from bench.load import wrk_path
 
@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, Callable[[Options], list[Result]]] = {
     "reads": http_reads.run,
     "writes": writes.run,
     "visibility": visibility.run,
+    "nats": nats.run,
 }
 DEFAULT_OUT = Path("bench/results/issue2.json")
 

@@ -117,13 +117,17 @@ class Running:
 
 
 @contextmanager
-def libjobs(store: Store, work_dir: Path) -> Iterator[Running]:
-    """`libjobs serve` on `store`, with an admin API key and the bench plugin. Several may share a store."""
+def libjobs(store: Store, work_dir: Path, nats_url: str | None = None) -> Iterator[Running]:
+    """`libjobs serve` on `store`, with an admin API key and the bench plugin. Several may share a store.
+
+    Without `nats_url` it starts its embedded nats-server."""
     config = work_dir / "libjobs.toml"
     config.write_text(CONFIG)
     values = {"api_key": API_KEY, "config": str(config)}
     if store.database_url is not None:
         values["database_url"] = store.database_url
+    if nats_url is not None:
+        values["nats_url"] = nats_url
     process = ServeProcess(data_dir=store.data_dir, env=dict(environment(**values)))
     process.start()
     assert process.process is not None

@@ -212,6 +212,11 @@ COMMANDS: Final[dict[str, type[msgspec.Struct]]] = {
 
 IDEMPOTENCY_KEY_HEADER: Final = "Idempotency-Key"
 """Optional command header, with the semantics of the HTTP header of the same name."""
+ACTOR_HEADER: Final = "Libjobs-Actor"
+"""Optional command header: who sends the command (1-128 printable characters), recorded on the events as
+``nats:<actor>`` (default ``nats``)."""
+REQUEST_ID_HEADER: Final = "Libjobs-Request-Id"
+"""Optional command header: the request id recorded on the events (1-128 of ``[A-Za-z0-9._:-]``)."""
 MSG_ID_HEADER: Final = "Nats-Msg-Id"
 """JetStream de-duplication header: the event id of an event, the run id of a run request."""
 

@@ -144,7 +144,10 @@ class Service:
 
     def _view_store(self, name: str) -> SqliteViewStore | PostgresViewStore:
         if self.settings.database_url is None:
-            return SqliteViewStore(self.settings.data_dir / "views.sqlite3", name)
+            # A file each: SQLite fails a transaction that read before writing when another connection
+            # wrote meanwhile (SQLITE_BUSY_SNAPSHOT), and the relay and the projector write independently.
+            file = "views.sqlite3" if name == VIEWS_NAME else f"{name.split('_')[0]}.sqlite3"
+            return SqliteViewStore(self.settings.data_dir / file, name)
         target = PostgresTarget.from_url(self.settings.database_url)
         return PostgresViewStore(target.params(), target.schema, name)
 

@@ -30,6 +30,7 @@ import msgspec
 
 from contracts.jobs import LibraryJobConfigDto
 from contracts.nats import (
+    ACTOR_HEADER,
     CATALOG_EVENT_TYPES,
     COMMANDS,
     EVENTS_STREAM,
@@ -37,6 +38,7 @@ from contracts.nats import (
     IDEMPOTENCY_KEY_HEADER,
     JOB_EVENT_TYPES,
     MSG_ID_HEADER,
+    REQUEST_ID_HEADER,
     RUNS_STREAM,
     CommandError,
     CommandOk,
@@ -231,26 +233,37 @@ def _schemas() -> dict[str, Any]:
     return cleaned
 
 
-def _headers(name: str, description: str, *, required: bool) -> dict[str, Any]:
+def _headers(*described: tuple[str, str], required: bool) -> dict[str, Any]:
     schema: dict[str, Any] = {
         "type": "object",
-        "properties": {name: {"type": "string", "description": description}},
+        "properties": {name: {"type": "string", "description": text} for name, text in described},
     }
     if required:
-        schema["required"] = [name]
+        schema["required"] = [name for name, _ in described]
     return schema
 
 
 _COMMAND_HEADERS: Final = _headers(
-    IDEMPOTENCY_KEY_HEADER,
-    "Optional, at most 128 characters. A retry with the same key and payload within 24 h gets the first "
-    "reply and changes nothing; the same key with another payload gets a Conflict (409).",
+    (
+        IDEMPOTENCY_KEY_HEADER,
+        "Optional, at most 128 characters. A retry with the same key and payload within 24 h gets the "
+        "first reply and changes nothing; the same key with another payload gets a Conflict (409).",
+    ),
+    (
+        ACTOR_HEADER,
+        "Optional, 1-128 printable characters: who sends the command, recorded on its events as "
+        "`nats:<actor>` (default `nats`).",
+    ),
+    (
+        REQUEST_ID_HEADER,
+        "Optional, 1-128 of `[A-Za-z0-9._:-]`: recorded on the command's events; made up when absent.",
+    ),
     required=False,
 )
 _EVENT_HEADERS: Final = _headers(
-    MSG_ID_HEADER, "The event's `eventId` (JetStream de-duplication).", required=True
+    (MSG_ID_HEADER, "The event's `eventId` (JetStream de-duplication)."), required=True
 )
-_RUN_HEADERS: Final = _headers(MSG_ID_HEADER, "The `runId` (JetStream de-duplication).", required=True)
+_RUN_HEADERS: Final = _headers((MSG_ID_HEADER, "The `runId` (JetStream de-duplication)."), required=True)
 
 
 def _message(

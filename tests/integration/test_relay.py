@@ -167,7 +167,7 @@ async def test_a_relay_that_lost_its_position_publishes_nothing_twice(
             await create_job(service, library)
         before = await until_relayed(service, client)
     # As if the relay had crashed after publishing but before recording its position.
-    with sqlite3.connect(settings.data_dir / "views.sqlite3") as db:
+    with sqlite3.connect(settings.data_dir / "relay.sqlite3") as db:
         db.execute("DELETE FROM tracking WHERE application_name = 'relay_v1'")
     async with running(settings) as service:
         await create_job(service, library)

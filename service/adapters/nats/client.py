@@ -53,6 +53,7 @@ class NatsLink:
         self._client: Client | None = None
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()  # connected once and every on_connect callback ran
+        self._closing = False
         self.last_error: str | None = None
 
     @property
@@ -111,7 +112,8 @@ class NatsLink:
             log.warning("NATS connection error", extra={"error": self.last_error})
 
         async def on_disconnected() -> None:
-            log.warning("disconnected from NATS; reconnecting")
+            if not self._closing:
+                log.warning("disconnected from NATS; reconnecting")
 
         async def on_reconnected() -> None:
             self.last_error = None
@@ -132,6 +134,7 @@ class NatsLink:
         )
 
     async def close(self) -> None:
+        self._closing = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -7,7 +7,7 @@ from uuid import UUID
 
 import msgspec
 from litestar import Request, Response, delete, get, put
-from litestar.params import Parameter
+from litestar.params import FromPath, JSONBody, Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from contracts.catalog import (
@@ -51,7 +51,7 @@ async def list_libraries(request: Request[Any, Any, Any]) -> Response[ListLibrar
 
 
 @get(LIBRARY, operation_id="get_library", opt={"scope": "jobs:read"}, responses=error_responses(404))
-async def get_library(request: Request[Any, Any, Any], library_id: UUID) -> Response[LibraryDto]:
+async def get_library(request: Request[Any, Any, Any], library_id: FromPath[UUID]) -> Response[LibraryDto]:
     return _found(services(request).queries.library_json(library_id), "Library")
 
 
@@ -64,7 +64,7 @@ async def get_library(request: Request[Any, Any, Any], library_id: UUID) -> Resp
     responses=error_responses(400, 413, 415),
 )
 async def put_library(
-    request: Request[Any, Any, Any], library_id: UUID, data: UpsertLibraryRequest
+    request: Request[Any, Any, Any], library_id: FromPath[UUID], data: JSONBody[UpsertLibraryRequest]
 ) -> Response[LibraryDto]:
     svc = services(request)
     name = catalog_text(data.name, "name")
@@ -81,7 +81,7 @@ async def put_library(
     status_code=HTTP_204_NO_CONTENT,
     responses=error_responses(404),
 )
-async def delete_library(request: Request[Any, Any, Any], library_id: UUID) -> None:
+async def delete_library(request: Request[Any, Any, Any], library_id: FromPath[UUID]) -> None:
     svc = services(request)
     saved = await svc.run_sync(svc.commands.delete_library, library_id, context(request))
     await svc.wait_for(saved.position)
@@ -94,7 +94,7 @@ async def delete_library(request: Request[Any, Any, Any], library_id: UUID) -> N
     responses=error_responses(400, 404),
 )
 async def list_series(
-    request: Request[Any, Any, Any], library_id: UUID, limit: Limit = 50, cursor: Cursor = None
+    request: Request[Any, Any, Any], library_id: FromPath[UUID], limit: Limit = 50, cursor: Cursor = None
 ) -> Response[ListSeriesResponse]:
     _require_library(request, library_id)
     body = services(request).queries.series_page_json(library_id, cursor, limit)
@@ -103,7 +103,7 @@ async def list_series(
 
 @get(SERIES, operation_id="get_series", opt={"scope": "jobs:read"}, responses=error_responses(404))
 async def get_series(
-    request: Request[Any, Any, Any], library_id: UUID, series_id: UUID
+    request: Request[Any, Any, Any], library_id: FromPath[UUID], series_id: FromPath[UUID]
 ) -> Response[SeriesDto]:
     return _found(services(request).queries.series_json(library_id, series_id), "Series")
 
@@ -117,7 +117,10 @@ async def get_series(
     responses=error_responses(400, 404, 409, 413, 415),
 )
 async def put_series(
-    request: Request[Any, Any, Any], library_id: UUID, series_id: UUID, data: UpsertSeriesRequest
+    request: Request[Any, Any, Any],
+    library_id: FromPath[UUID],
+    series_id: FromPath[UUID],
+    data: JSONBody[UpsertSeriesRequest],
 ) -> Response[SeriesDto]:
     svc = services(request)
     data.title = catalog_text(data.title, "title")
@@ -134,7 +137,9 @@ async def put_series(
     status_code=HTTP_204_NO_CONTENT,
     responses=error_responses(404),
 )
-async def delete_series(request: Request[Any, Any, Any], library_id: UUID, series_id: UUID) -> None:
+async def delete_series(
+    request: Request[Any, Any, Any], library_id: FromPath[UUID], series_id: FromPath[UUID]
+) -> None:
     svc = services(request)
     saved = await svc.run_sync(svc.commands.delete_series, library_id, series_id, context(request))
     await svc.wait_for(saved.position)
@@ -147,7 +152,7 @@ async def delete_series(request: Request[Any, Any, Any], library_id: UUID, serie
     responses=error_responses(400, 404),
 )
 async def list_books(
-    request: Request[Any, Any, Any], library_id: UUID, limit: Limit = 50, cursor: Cursor = None
+    request: Request[Any, Any, Any], library_id: FromPath[UUID], limit: Limit = 50, cursor: Cursor = None
 ) -> Response[ListBooksResponse]:
     _require_library(request, library_id)
     body = services(request).queries.books_page_json(library_id, cursor, limit)
@@ -155,7 +160,9 @@ async def list_books(
 
 
 @get(BOOK, operation_id="get_book", opt={"scope": "jobs:read"}, responses=error_responses(404))
-async def get_book(request: Request[Any, Any, Any], library_id: UUID, book_id: UUID) -> Response[BookDto]:
+async def get_book(
+    request: Request[Any, Any, Any], library_id: FromPath[UUID], book_id: FromPath[UUID]
+) -> Response[BookDto]:
     return _found(services(request).queries.book_json(library_id, book_id), "Book")
 
 
@@ -168,7 +175,10 @@ async def get_book(request: Request[Any, Any, Any], library_id: UUID, book_id: U
     responses=error_responses(400, 404, 409, 413, 415),
 )
 async def put_book(
-    request: Request[Any, Any, Any], library_id: UUID, book_id: UUID, data: UpsertBookRequest
+    request: Request[Any, Any, Any],
+    library_id: FromPath[UUID],
+    book_id: FromPath[UUID],
+    data: JSONBody[UpsertBookRequest],
 ) -> Response[BookDto]:
     svc = services(request)
     data.title = catalog_text(data.title, "title")
@@ -185,7 +195,9 @@ async def put_book(
     status_code=HTTP_204_NO_CONTENT,
     responses=error_responses(404),
 )
-async def delete_book(request: Request[Any, Any, Any], library_id: UUID, book_id: UUID) -> None:
+async def delete_book(
+    request: Request[Any, Any, Any], library_id: FromPath[UUID], book_id: FromPath[UUID]
+) -> None:
     svc = services(request)
     saved = await svc.run_sync(svc.commands.delete_book, library_id, book_id, context(request))
     await svc.wait_for(saved.position)

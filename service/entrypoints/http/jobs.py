@@ -8,6 +8,7 @@ from uuid import UUID
 
 from litestar import Request, Response, delete, get, patch, post
 from litestar.datastructures import ResponseHeader
+from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT, HTTP_304_NOT_MODIFIED
 
 from contracts.jobs import (
@@ -59,7 +60,9 @@ def _job_reply(request: Request[Any, Any, Any], library_id: UUID, job_id: UUID, 
     opt={"scope": "jobs:read"},
     responses=error_responses(404),
 )
-async def list_jobs(request: Request[Any, Any, Any], library_id: UUID) -> Response[ListLibraryJobsResponse]:
+async def list_jobs(
+    request: Request[Any, Any, Any], library_id: FromPath[UUID]
+) -> Response[ListLibraryJobsResponse]:
     queries = services(request).queries
     if not queries.library_exists(library_id):
         raise NotFound("Library not found")
@@ -80,7 +83,7 @@ async def list_jobs(request: Request[Any, Any, Any], library_id: UUID) -> Respon
     responses=error_responses(400, 404, 409, 413, 415),
 )
 async def create_job(
-    request: Request[Any, Any, Any], library_id: UUID, data: CreateLibraryJobRequest
+    request: Request[Any, Any, Any], library_id: FromPath[UUID], data: JSONBody[CreateLibraryJobRequest]
 ) -> Response[LibraryJobDto]:
     svc = services(request)
 
@@ -102,7 +105,9 @@ async def create_job(
     response_headers=ETAG_HEADER,
     responses=error_responses(404),
 )
-async def get_job(request: Request[Any, Any, Any], library_id: UUID, job_id: UUID) -> Response[LibraryJobDto]:
+async def get_job(
+    request: Request[Any, Any, Any], library_id: FromPath[UUID], job_id: FromPath[UUID]
+) -> Response[LibraryJobDto]:
     body, version = _job(request, library_id, job_id)
     headers = {"ETag": etag(version)}
     if none_match(request, version):
@@ -120,7 +125,10 @@ async def get_job(request: Request[Any, Any, Any], library_id: UUID, job_id: UUI
     responses=error_responses(400, 404, 412, 413, 415),
 )
 async def patch_job(
-    request: Request[Any, Any, Any], library_id: UUID, job_id: UUID, data: PatchLibraryJobRequest
+    request: Request[Any, Any, Any],
+    library_id: FromPath[UUID],
+    job_id: FromPath[UUID],
+    data: JSONBody[PatchLibraryJobRequest],
 ) -> Response[LibraryJobDto]:
     svc = services(request)
     update = partial(
@@ -144,7 +152,9 @@ async def patch_job(
     status_code=HTTP_204_NO_CONTENT,
     responses=error_responses(404, 412),
 )
-async def delete_job(request: Request[Any, Any, Any], library_id: UUID, job_id: UUID) -> None:
+async def delete_job(
+    request: Request[Any, Any, Any], library_id: FromPath[UUID], job_id: FromPath[UUID]
+) -> None:
     svc = services(request)
     remove = partial(
         svc.commands.delete_job, library_id, job_id, context(request), if_match=if_match_version(request)

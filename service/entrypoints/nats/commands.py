@@ -32,8 +32,10 @@ from nats.aio.subscription import Subscription
 from contracts.catalog import UpsertBookRequest, UpsertSeriesRequest
 from contracts.errors import ErrorResponse
 from contracts.nats import (
+    ACTOR_HEADER,
     COMMANDS,
     IDEMPOTENCY_KEY_HEADER,
+    REQUEST_ID_HEADER,
     CommandError,
     CommandOk,
     CreateJobCommand,
@@ -56,8 +58,6 @@ from service.ports import CommandContext, IdempotencyStore, ReadModelQueries, Ru
 
 log = logging.getLogger("libjobs.nats")
 
-ACTOR_HEADER = "Libjobs-Actor"
-REQUEST_ID_HEADER = "Libjobs-Request-Id"
 DEFAULT_ACTOR = "nats"
 ACTOR_MAX = 128
 NOT_AVAILABLE_YET = ("job.run_now", "job.dry_run", "run.record")
