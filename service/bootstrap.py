@@ -121,6 +121,15 @@ class Service:
             subjects=self.subjects,
             run_sync=self.run_sync,
             repair=self._ensure_streams,
+            on_published=lambda _, count: self.metrics.relay_published.inc(count),
+        )
+        self.metrics.track_messaging(
+            nats_connected=lambda: self.nats is not None and self.nats.connected,
+            relay_lag=lambda: (
+                max(0, self.reader.max_position() - self.relay.position) if self.relay.leading else 0
+            ),
+            live_subscribers=lambda: self.live.subscribers,
+            live_dropped=lambda: self.live.dropped,
         )
         self.metrics.track_lag(self.reader.max_position, lambda: self.follower.position)
         self._leading = False

@@ -36,6 +36,25 @@ class Metrics:
             "Events stored but not yet in the read models",
             registry=self.registry,
         )
+        self.nats_connected = Gauge(
+            "libjobs_nats_connected", "1 while connected to NATS (and set up), else 0", registry=self.registry
+        )
+        self.relay_lag = Gauge(
+            "libjobs_relay_lag_events",
+            "Events stored but not yet published to NATS by this process's relay (0 when it does not lead)",
+            registry=self.registry,
+        )
+        self.relay_published = Counter(
+            "libjobs_relay_published_total", "Events published to NATS by the relay", registry=self.registry
+        )
+        self.live_subscribers = Gauge(
+            "libjobs_sse_subscribers", "Open GET /events streams", registry=self.registry
+        )
+        self.live_dropped = Gauge(
+            "libjobs_sse_dropped",
+            "GET /events streams dropped for reading too slowly",
+            registry=self.registry,
+        )
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
@@ -53,6 +72,19 @@ class Metrics:
         self.projection_position.set_function(projection_position)
         self.store_position.set_function(store_position)
         self.projection_lag.set_function(lambda: max(0, store_position() - projection_position()))
+
+    def track_messaging(
+        self,
+        *,
+        nats_connected: Callable[[], bool],
+        relay_lag: Callable[[], int],
+        live_subscribers: Callable[[], int],
+        live_dropped: Callable[[], int],
+    ) -> None:
+        self.nats_connected.set_function(lambda: float(nats_connected()))
+        self.relay_lag.set_function(relay_lag)
+        self.live_subscribers.set_function(live_subscribers)
+        self.live_dropped.set_function(live_dropped)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

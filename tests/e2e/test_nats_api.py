@@ -7,21 +7,26 @@ import asyncio
 import json
 import os
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import httpx
 import msgspec
 import nats
 import pytest
 
 from contracts.nats import EVENTS_STREAM, EventEnvelope
 from service.adapters.nats.embedded import running_url
-from tests.e2e.helpers import API, Spawner, client, refresh_config
+from tests.e2e.helpers import API, Spawner, client, put_library, refresh_config
+from tests.support.nats import NatsServer
 from tests.support.processes import ServeProcess, libjobs_command
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
 
 
 async def request(url: str, command: str, body: dict[str, Any], **headers: str) -> dict[str, Any]:
@@ -42,7 +47,7 @@ async def stream_types(url: str, subject: str) -> list[str]:
         js = nc.jetstream()
         for _ in range(100):  # the relay publishes within milliseconds; allow a slow machine 5 s
             state = (await js.stream_info(EVENTS_STREAM, subjects_filter=subject)).state
-            if state.subjects and state.subjects.get(subject, 0) >= 2:
+            if state.subjects and state.subjects.get(subject, 0) >= 3:
                 break
             await asyncio.sleep(0.05)
         found = []
@@ -54,6 +59,14 @@ async def stream_types(url: str, subject: str) -> list[str]:
         return found
     finally:
         await nc.close()
+
+
+def until(get: Callable[[], T], done: Callable[[T], bool], timeout_s: float = 10) -> T:
+    deadline = time.monotonic() + timeout_s
+    while not done(found := get()):
+        assert time.monotonic() < deadline, f"still {found!r}"
+        time.sleep(0.05)
+    return found
 
 
 def embedded_pids(data_dir: Path) -> list[int]:
@@ -101,10 +114,18 @@ def test_embedded_mode_end_to_end(spawn: Spawner, config_file: Path) -> None:
     bad = asyncio.run(request(url, "job.create", {"libraryId": library, "cronSchedule": 5}))
     assert (bad["ok"], bad["status"], bad["error"]["error"]) == (False, 400, "BadRequest")
 
+    updated = asyncio.run(
+        request(
+            url, "job.update", {"libraryId": library, "jobId": job["id"], "name": "Nightly", "ifMatch": 1}
+        )
+    )
+    assert (updated["ok"], updated["result"]["name"], updated["result"]["version"]) == (True, "Nightly", 2)
+    stale = asyncio.run(request(url, "job.delete", {"libraryId": library, "jobId": job["id"], "ifMatch": 1}))
+    assert (stale["ok"], stale["status"]) == (False, 412)
     subject = f"libjobs.evt.job.{library}.{job['id']}"
     deleted = asyncio.run(request(url, "job.delete", {"libraryId": library, "jobId": job["id"]}))
     assert deleted == {"ok": True, "result": None}
-    assert asyncio.run(stream_types(url, subject)) == ["JobCreated", "JobDeleted"]
+    assert asyncio.run(stream_types(url, subject)) == ["JobCreated", "JobUpdated", "JobDeleted"]
 
     assert embedded_pids(server.data_dir)
     assert server.stop() == 0
@@ -143,3 +164,25 @@ def test_the_committed_asyncapi_document_is_what_the_cli_prints() -> None:
     result = run_cli("asyncapi", env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout == (REPO / "docs" / "asyncapi.yaml").read_text()
+
+
+def test_readiness_and_metrics_follow_an_external_nats(
+    spawn: Spawner, config_file: Path, tmp_path: Path
+) -> None:
+    with NatsServer(tmp_path / "nats") as nats_server:
+        server = spawn(config=config_file, env={"LIBJOBS_NATS_URL": nats_server.url})
+        anonymous = httpx.Client(base_url=server.url, timeout=5)
+        ready = anonymous.get("/readyz").json()
+        assert (ready["status"], ready["checks"]["nats"]) == ("ok", "ok")
+        with client(server.url + API) as api:
+            put_library(api)  # one event for the relay
+        published = "libjobs_relay_published_total 1.0"
+        metrics = until(lambda: anonymous.get("/metrics").text, lambda text: published in text)
+        assert "libjobs_nats_connected 1.0" in metrics
+
+        nats_server.stop()
+        down = until(lambda: anonymous.get("/readyz"), lambda r: r.status_code == 503)
+        assert down.json()["checks"]["nats"].startswith("unavailable")
+        assert "libjobs_nats_connected 0.0" in anonymous.get("/metrics").text
+        nats_server.start()
+        until(lambda: anonymous.get("/readyz"), lambda r: r.status_code == 200, timeout_s=15)

@@ -23,7 +23,7 @@ from service.adapters.live import LiveEvents
 from service.bootstrap import Service
 from service.entrypoints.http.auth import Authenticator
 from service.settings import ApiKeySpec
-from tests.integration.harness import PROVIDER, make_settings
+from tests.integration.harness import PROVIDER, STOP_TIMEOUT_S, make_settings
 from tests.support.processes import free_port
 
 pytestmark = pytest.mark.integration
@@ -81,7 +81,7 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
     finally:
         live.close()  # open streams end, so the server stops without waiting for them
         server.should_exit = True
-        await asyncio.wait_for(serving, WAIT_S)
+        await asyncio.wait_for(serving, STOP_TIMEOUT_S)
 
 
 class Stream:

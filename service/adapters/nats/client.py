@@ -140,7 +140,9 @@ class NatsLink:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self._client is not None and not self._client.is_closed:
+            # The command subscriber has drained and the relay has stopped by now: only buffered replies
+            # are left to send, so a flush does (a drain would wait on every internal subscription).
             with contextlib.suppress(Exception):  # already gone: nothing left to flush
-                await asyncio.wait_for(self._client.drain(), 5)
+                await asyncio.wait_for(self._client.flush(), 2)
             with contextlib.suppress(Exception):
                 await self._client.close()

@@ -1,8 +1,7 @@
 """The JetStream streams and consumer of SPEC §5, created or brought up to date idempotently.
 
 Run at every start-up and by `libjobs nats setup`: a missing stream is created, an existing one whose
-settings differ is updated (subjects, limits), one that matches is left alone. The same definitions are
-written to `deploy/nats/` for operators who manage streams themselves.
+settings differ is updated (subjects, limits), one that matches is left alone.
 """
 
 from __future__ import annotations
