@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,6 +48,8 @@ class AccessLog:
         self._lines: list[bytes] = []
         self._size = 0
         self._scheduled = False
+        self._second = -1
+        self._second_text = ""
 
     def __call__(
         self, method: str, path: str, route: str, status: int, seconds: float, request_id: str
@@ -55,7 +58,7 @@ class AccessLog:
             return
         ms = round(seconds * 1000, 2)
         message = f"{method} {path} {status} {ms}ms"
-        now = datetime.now(UTC).isoformat(timespec="milliseconds")
+        now = self._timestamp()
         if self._json:
             entry = {
                 "ts": now,
@@ -77,6 +80,16 @@ class AccessLog:
         elif not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_later(self._flush_after_s, self.flush)
+
+    def _timestamp(self) -> str:
+        """`datetime.now(UTC).isoformat(timespec="milliseconds")`, formatting the second only once: the
+        full formatting was a third of this line's cost."""
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._second_text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        return f"{self._second_text}.{int((now - second) * 1000):03d}+00:00"
 
     def flush(self) -> None:
         self._scheduled = False

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 
@@ -35,6 +36,9 @@ async def test_lines_are_written_within_the_flush_interval(capfd: pytest.Capture
         ("POST /api/v1/x 201 10.0ms", "rid-2", 201),
     ]
     assert {"ts", "level", "logger", "route", "duration_ms"} <= lines[0].keys()
+    stamp = datetime.fromisoformat(lines[0]["ts"])  # RFC 3339 in UTC, to the millisecond
+    assert lines[0]["ts"].endswith("+00:00")
+    assert abs((datetime.now(UTC) - stamp).total_seconds()) < 1
 
 
 async def test_flush_writes_what_is_buffered(capfd: pytest.CaptureFixture[str]) -> None:
