@@ -1,4 +1,5 @@
-"""Library jobs on the wire (SPEC §2.3, §2.4): the DTO, its config and the create/patch bodies."""
+"""Library jobs on the wire (SPEC §2.2-§2.4): the DTO, its config, the create/patch bodies, run-now and
+the schedule preview."""
 
 from __future__ import annotations
 
@@ -94,6 +95,24 @@ class PatchLibraryJobRequest(msgspec.Struct, rename="camel", kw_only=True, forbi
     cron_schedule: str | UnsetType | None = UNSET
     timezone: str | UnsetType | None = UNSET
     config: LibraryJobConfigInput | UnsetType | None = UNSET
+
+
+class RunNowResponse(msgspec.Struct, rename="camel", kw_only=True):
+    """The run that `run-now` queued: its id (the reference server calls it a task)."""
+
+    task_id: UUID
+
+
+class JobScheduleResponse(msgspec.Struct, rename="camel", kw_only=True):
+    """The next fires of a job (`GET …/schedule`), by the rules of SPEC §3 (DST included).
+
+    `timezone` is the zone the cron is evaluated in (the job's, else the server default); `fires` are the
+    instants in UTC, `localFires` the same instants in that zone, with their offsets.
+    """
+
+    timezone: str
+    fires: list[datetime]
+    local_fires: list[datetime]
 
 
 class FieldGroupDto(msgspec.Struct):

@@ -136,9 +136,12 @@ class RunCounts(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class RecordRunCommand(msgspec.Struct, rename="camel", kw_only=True, forbid_unknown_fields=True):
-    """Record the outcome of a run executed outside libjobs (``RecordRun``).
+    """Record the outcome of a run (``RecordRun``), requested by libjobs or executed outside it.
 
-    The reply's result is the `RunDto`. Recording the same `runId` twice changes nothing.
+    The outcome of the job's run in flight ends that run (the job's `currentRunId` is null again).
+    The reply's result is ``{"jobId", "runId", "status"}`` (`RecordRunResult`): the status recorded for the
+    run. Recording the same `runId` again changes nothing, and answers the status recorded first. A
+    `cancelled` run ends the run in flight but leaves the job's `lastRun*` fields as they were.
     """
 
     job_id: UUID
@@ -148,6 +151,14 @@ class RecordRunCommand(msgspec.Struct, rename="camel", kw_only=True, forbid_unkn
     started_at: AwareDatetime
     finished_at: AwareDatetime
     counts: RunCounts
+
+
+class RecordRunResult(msgspec.Struct, rename="camel", kw_only=True):
+    """The result of ``run.record``: the run and the status recorded for it."""
+
+    job_id: UUID
+    run_id: UUID
+    status: FinalRunStatus
 
 
 # ------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import msgspec
 from eventsourcing.domain import Aggregate
 
 from contracts.jobs import MetadataRefreshConfigDto
-from contracts.nats import AggregateType, EventEnvelope, Subjects
+from contracts.nats import AggregateType, EventEnvelope, JobRunRequested, Subjects
 from service.domain.catalog import Book, Library, Series
 from service.domain.jobs import LibraryJob
 
@@ -87,16 +87,24 @@ def _camel(name: str) -> str:
     return head + "".join(part.title() for part in rest)
 
 
+def _config(stored: dict[str, Any]) -> Any:
+    """A stored job config in the wire's shape (`LibraryJobConfigDto`)."""
+    config = dict(stored)
+    del config["type"]  # the DTO's tag writes it
+    return msgspec.to_builtins(MetadataRefreshConfigDto(**config))
+
+
 def _definition(stored: dict[str, Any]) -> dict[str, Any]:
     """A stored job definition in the wire's shape (the fields of `LibraryJobDto` it covers)."""
-    config = dict(stored["config"])
-    del config["type"]  # the DTO's tag writes it
     return {
         "name": stored["name"],
         "cronSchedule": stored["cron_schedule"],
         "timezone": stored["timezone"],
-        "config": msgspec.to_builtins(MetadataRefreshConfigDto(**config)),
+        "config": _config(stored["config"]),
     }
+
+
+_WIRE_SHAPES: Final = {"definition": _definition, "config": _config}  # a job's, and a run's (RunRequested)
 
 
 def event_data(event: Any) -> dict[str, Any]:
@@ -104,7 +112,8 @@ def event_data(event: Any) -> dict[str, Any]:
     for name, value in vars(event).items():
         if name in _ENVELOPE_FIELDS:
             continue
-        data[_camel(name)] = _definition(value) if name == "definition" else value
+        shape = _WIRE_SHAPES.get(name)
+        data[_camel(name)] = value if shape is None else shape(value)
     return data
 
 
@@ -130,3 +139,21 @@ def outgoing(subjects: Subjects, position: int, event: Any, origin: Origin) -> O
     message = envelope(position, event, origin)
     subject = subjects.aggregate_events(message.aggregate_type, origin.library_id, origin.public_id)
     return Outgoing(subject, str(message.event_id), _encode(message))
+
+
+def work_item(subjects: Subjects, event: Any, origin: Origin) -> Outgoing | None:
+    """For a `RunRequested`: the `JobRunRequested` work item on `{p}.run.requested.<type>`, whose
+    `Nats-Msg-Id` is the run id (the executor's idempotency key). Other events: None."""
+    if not isinstance(event, LibraryJob.RunRequested):
+        return None
+    config = dict(event.config)
+    job_type = config.pop("type")
+    message = JobRunRequested(
+        run_id=event.run_id,
+        job_id=origin.public_id,
+        library_id=origin.library_id,
+        trigger=event.trigger,
+        scheduled_for=event.scheduled_for,
+        config=MetadataRefreshConfigDto(**config),
+    )
+    return Outgoing(subjects.run_requested(job_type), str(event.run_id), _encode(message))

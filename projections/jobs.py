@@ -17,6 +17,7 @@ from contracts.jobs import LibraryJobDto, MetadataRefreshConfigDto
 from projections.rows import ViewRow
 from service.domain.cron import parse_cron
 from service.domain.jobs import JobDefinition, LibraryJob, RefreshConfig
+from service.domain.schedule import next_fire
 from service.domain.timezones import zone
 
 _encode = msgspec.json.encode
@@ -69,7 +70,7 @@ class JobsView:
     by_library: dict[UUID, dict[UUID, None]] = field(default_factory=dict)  # insertion = createdAt order
     _lists: dict[UUID, bytes] = field(default_factory=dict)
     # (cron, zone) → (asked after, first fire after that): jobs created in one minute share their next
-    # fire, and croniter takes ~80 µs to find it again
+    # fire, and finding it again costs more than this look-up
     _next_fires: dict[tuple[str, str], tuple[datetime, datetime | None]] = field(default_factory=dict)
 
     def apply(self, event: Any) -> JobRow | None:
@@ -90,6 +91,7 @@ class JobsView:
             )
             self.rows[job_id] = row
             self.by_library.setdefault(row.library_id, {})[job_id] = None
+            row.next_run_at = self._next_run(row, after=event.timestamp)
         else:
             found = self.rows.get(job_id)
             if found is None:
@@ -100,18 +102,49 @@ class JobsView:
                 self.by_library.get(row.library_id, {}).pop(job_id, None)
                 self._lists.pop(row.library_id, None)
                 return row
-            if isinstance(event, LibraryJob.Updated):
-                row.definition = JobDefinition.from_dict(event.definition)
-            elif isinstance(event, LibraryJob.Enabled | LibraryJob.Disabled):
-                row.enabled = isinstance(event, LibraryJob.Enabled)
+            if isinstance(event, LibraryJob.Updated | LibraryJob.Enabled | LibraryJob.Disabled):
+                self._apply_change(row, event)
+            elif isinstance(event, LibraryJob.RunRequested | LibraryJob.FireSkipped | LibraryJob.RunFinished):
+                self._apply_run_event(row, event)
             else:
                 return None
-            row.version = event.job_version
-            row.updated_at = event.timestamp
-        row.next_run_at = self._next_run(row, after=event.timestamp)
         row.json = _encode(row.to_dto())
         self._lists.pop(row.library_id, None)
         return row
+
+    def _apply_change(
+        self, row: JobRow, event: LibraryJob.Updated | LibraryJob.Enabled | LibraryJob.Disabled
+    ) -> None:
+        """A user's change: a new version, and the next fire after the change."""
+        if isinstance(event, LibraryJob.Updated):
+            row.definition = JobDefinition.from_dict(event.definition)
+        else:
+            row.enabled = isinstance(event, LibraryJob.Enabled)
+        row.version = event.job_version
+        row.updated_at = event.timestamp
+        row.next_run_at = self._next_run(row, after=event.timestamp)
+
+    def _apply_run_event(
+        self, row: JobRow, event: LibraryJob.RunRequested | LibraryJob.FireSkipped | LibraryJob.RunFinished
+    ) -> None:
+        """Runs change neither `version` nor `updatedAt`. A claimed fire moves `nextRunAt` to the first fire
+        after it (computed from the event, so a replay gives the same bytes)."""
+        if isinstance(event, LibraryJob.RunFinished):
+            if row.current_run_id == event.run_id:
+                row.current_run_id = None
+            # `lastRun*` tell of the finished run that finished last; a cancelled run is not one of them
+            # (`lastRunStatus` has no such value, SPEC §2.3)
+            if event.status != "cancelled" and (
+                row.last_run_at is None or event.finished_at >= row.last_run_at
+            ):
+                row.last_run_at = event.finished_at
+                row.last_run_status = event.status
+                row.last_run_message = event.message
+            return
+        if isinstance(event, LibraryJob.RunRequested):
+            row.current_run_id = event.run_id
+        if event.scheduled_for is not None:
+            row.next_run_at = self._next_run(row, after=event.scheduled_for)
 
     def _next_run(self, row: JobRow, after: datetime) -> datetime | None:
         if not row.enabled:
@@ -122,8 +155,7 @@ class JobsView:
         # exact: the first fire after `asked` is also the first after any instant before it
         if known is not None and known[1] is not None and known[0] <= after < known[1]:
             return known[1]
-        schedule = parse_cron(key[0], min_interval_s=0)
-        fire = schedule.next_after(after, zone(key[1]))
+        fire = next_fire(parse_cron(key[0], min_interval_s=0), zone(key[1]), after)
         if len(self._next_fires) >= 4096:
             self._next_fires.clear()
         self._next_fires[key] = (after, fire)
@@ -136,6 +168,13 @@ class JobsView:
         if row is None or row.library_id != library_id:
             return None
         return row.json, row.version
+
+    def job_cron(self, library_id: UUID, job_id: UUID) -> tuple[str, str] | None:
+        """The job's cron and the time zone it is evaluated in (its own, else the server default)."""
+        row = self.rows.get(job_id)
+        if row is None or row.library_id != library_id:
+            return None
+        return row.definition.cron_schedule, row.definition.timezone or self.default_timezone
 
     def jobs_json(self, library_id: UUID) -> bytes:
         cached = self._lists.get(library_id)

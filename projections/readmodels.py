@@ -117,6 +117,9 @@ class ReadModels:
     def jobs_json(self, library_id: UUID) -> bytes:
         return self.jobs.jobs_json(library_id)
 
+    def job_cron(self, library_id: UUID, job_id: UUID) -> tuple[str, str] | None:
+        return self.jobs.job_cron(library_id, job_id)
+
     def library_exists(self, library_id: UUID) -> bool:
         return self.catalog.library_exists(library_id)
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -27,7 +28,11 @@ from service.domain.catalog import (
 )
 from service.domain.errors import Conflict, NotFound, PreconditionFailed
 from service.domain.jobs import (
+    AlreadyClaimed,
     CreateDraft,
+    FinalRunStatus,
+    FireRefused,
+    FireTrigger,
     LibraryJob,
     PatchDraft,
     ProviderLookup,
@@ -51,6 +56,13 @@ class Saved:
     id: UUID
     position: int | None
     created: bool = False
+
+
+@dataclass(frozen=True)
+class Fired(Saved):
+    """A claimed fire: `run_id` is the run it requested, None when it was recorded as skipped."""
+
+    run_id: UUID | None = None
 
 
 class LibraryJobs(Application[UUID]):
@@ -125,6 +137,91 @@ class LibraryJobs(Application[UUID]):
             _check_if_match(job, if_match)
             job.delete(at=self.clock.now(), actor=ctx.actor, request_id=ctx.request_id)
             return Saved(job.id, self._save(job))
+
+        return _retry_on_conflict(attempt)
+
+    # --- runs -------------------------------------------------------------------------------------
+
+    def request_run(
+        self,
+        job_id: UUID,
+        nominal_instant: datetime,
+        trigger: FireTrigger,
+        ctx: CommandContext,
+        *,
+        missed_fires: int = 0,
+    ) -> Fired | None:
+        """The scheduler's claim of the fire (job, nominal instant): `RunRequested` (run id
+        `uuid5(job id, instant)`), or `FireSkipped` while a run is in flight or for a `missed` fire.
+
+        None when there is nothing to do: the fire was claimed already (another replica fired it: when two
+        race, one saves and the other reloads and finds it claimed), or the job is unknown, disabled or
+        deleted. Manual runs go through `run_now`.
+        """
+
+        def attempt() -> Fired | None:
+            job = self._get(job_id, LibraryJob)
+            if job is None:
+                return None
+            try:
+                run_id = job.fire(
+                    nominal_instant,
+                    trigger,
+                    missed_fires=missed_fires,
+                    at=self.clock.now(),
+                    actor=ctx.actor,
+                    request_id=ctx.request_id,
+                )
+            except (AlreadyClaimed, FireRefused):
+                return None
+            return Fired(job.id, self._save(job), run_id=run_id)
+
+        return _retry_on_conflict(attempt)
+
+    def run_now(self, library_id: UUID, job_id: UUID, ctx: CommandContext) -> tuple[Saved, UUID]:
+        """A manual run (SPEC §2.6), also of a disabled job: its run id is new (uuid4). Conflict (409)
+        while a run of this job is queued or running."""
+        run_id = uuid.uuid4()
+
+        def attempt() -> Saved:
+            job = self.job(library_id, job_id)
+            job.run_now(run_id, at=self.clock.now(), actor=ctx.actor, request_id=ctx.request_id)
+            return Saved(job.id, self._save(job))
+
+        return _retry_on_conflict(attempt), run_id
+
+    def record_run(
+        self,
+        job_id: UUID,
+        run_id: UUID,
+        status: FinalRunStatus,
+        message: str | None,
+        started_at: datetime,
+        finished_at: datetime,
+        counts: Mapping[str, int],
+        ctx: CommandContext,
+    ) -> tuple[Saved, FinalRunStatus]:
+        """Records a run's outcome (`RunFinished`): of the run in flight, which it ends, or of a run
+        executed elsewhere. Once per run id: recording it again changes nothing (position None).
+        Returns the status recorded for the run, the first one when it was recorded before."""
+
+        def attempt() -> tuple[Saved, FinalRunStatus]:
+            job = self._get(job_id, LibraryJob)
+            if job is None:
+                raise NotFound("Job not found")
+            recorded = job.finish_run(
+                run_id,
+                status,
+                message=message,
+                started_at=started_at,
+                finished_at=finished_at,
+                counts=counts,
+                at=self.clock.now(),
+                actor=ctx.actor,
+                request_id=ctx.request_id,
+            )
+            saved = Saved(job.id, self._save(job) if recorded else None)
+            return saved, job.finished_runs[str(run_id)]
 
         return _retry_on_conflict(attempt)
 

@@ -10,6 +10,7 @@ import secrets
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from functools import partial
 from typing import Any, TypeVar
 
@@ -19,7 +20,8 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
 from contracts.nats import Subjects
-from projections.readmodels import ReadModels
+from projections.jobs import JobRow
+from projections.readmodels import JobChange, ReadModels
 from projections.sqlview import RELAY_NAME, VIEWS_NAME, PostgresViewStore, SqliteViewStore
 from service.adapters.follower import Follower
 from service.adapters.group_commit import GroupCommitter
@@ -36,6 +38,7 @@ from service.adapters.plugins.host import PluginHost
 from service.adapters.store import PostgresListener, PostgresTarget, StoreReader, setup_lock, store_env
 from service.application import LibraryJobs
 from service.domain.jobs import ValidationPolicy
+from service.domain.timetable import Fire
 from service.entrypoints import cli
 from service.entrypoints.asyncapi import asyncapi_yaml
 from service.entrypoints.http.app import create_app, with_request_context
@@ -47,8 +50,9 @@ from service.entrypoints.nats.commands import (
     NatsServices,
     serve_commands,
 )
+from service.entrypoints.scheduler import JobTimes, Scheduler
 from service.entrypoints.serve import run_server
-from service.ports import Clock, IdempotencyStore
+from service.ports import Clock, CommandContext, IdempotencyStore, SystemClock
 from service.settings import ApiKeySpec, Settings, SettingsError, load_settings
 
 T = TypeVar("T")
@@ -66,8 +70,19 @@ class Service:
         self.metrics = Metrics()
         self.access_log = AccessLog(settings.log_json)
         self.executor = ThreadPoolExecutor(max_workers=settings.store_pool_size, thread_name_prefix="store")
+        self.clock: Clock = clock or SystemClock()
         self.live = LiveEvents()
-        self.models = ReadModels(default_timezone=settings.default_timezone, on_change=self.live.job_changed)
+        self.models = ReadModels(default_timezone=settings.default_timezone, on_change=self._job_changed)
+        self.scheduler = (
+            Scheduler(
+                claim=self._claim_fire,
+                clock=self.clock,
+                catchup_window=timedelta(seconds=settings.catchup_window_s),
+                on_fire=self.metrics.observe_fire,
+            )
+            if "scheduler" in settings.roles
+            else None
+        )
         self.plugin_host = PluginHost(
             settings.plugins,
             call_timeout_s=settings.provider_timeout_s,
@@ -94,7 +109,7 @@ class Service:
                 # The store has one writer at a time: concurrent commands commit together (group commit).
                 wrap_save=lambda save: GroupCommitter(save).save,
                 policy=ValidationPolicy(min_interval_s=settings.min_interval_s),
-                clock=clock,
+                clock=self.clock,
             )
             self.idempotency = self._idempotency_store()
             self.views = self._view_store(VIEWS_NAME)
@@ -159,6 +174,29 @@ class Service:
             return SqliteViewStore(self.settings.data_dir / file, name)
         target = PostgresTarget.from_url(self.settings.database_url)
         return PostgresViewStore(target.params(), target.schema, name)
+
+    def _job_changed(self, change: JobChange) -> None:
+        """On the loop, for every job change the read models apply."""
+        self.live.job_changed(change)
+        if self.scheduler is not None:
+            row = self.models.jobs.rows.get(change.job_id)
+            self.scheduler.job_changed(change.job_id, None if row is None else self._job_times(row))
+
+    def _job_times(self, row: JobRow) -> JobTimes:
+        definition = row.definition
+        timezone = definition.timezone or self.settings.default_timezone
+        return JobTimes(row.next_run_at, definition.cron_schedule, timezone)
+
+    async def _claim_fire(self, fire: Fire) -> object | None:
+        claim = partial(
+            self.commands.request_run,
+            fire.job_id,
+            fire.instant,
+            fire.trigger,
+            CommandContext(actor="scheduler"),
+            missed_fires=fire.missed_fires,
+        )
+        return await self.run_sync(claim)
 
     def _advanced(self, position: int) -> None:
         """On the loop, whenever the read models advance: new events are stored."""
@@ -296,6 +334,10 @@ class Service:
         self._loop = asyncio.get_running_loop()
         await self.run_sync(self.load_views)
         await self.follower.start()
+        if self.scheduler is not None:  # the read models are current: every job's next fire is known
+            rows = self.models.jobs.rows.values()
+            self.scheduler.load((row.id, self._job_times(row)) for row in rows)
+            self.scheduler.start()
         await self._start_nats()
         self._persister = asyncio.create_task(self._persist_forever(), name="persist-views")
         if self._listener is not None:
@@ -308,6 +350,8 @@ class Service:
 
     async def stop(self) -> None:
         self.live.close()
+        if self.scheduler is not None:
+            await self.scheduler.stop()
         await self._stop_nats()
         await self.follower.stop()
         if self._persister is not None:

@@ -55,6 +55,23 @@ class Metrics:
             "GET /events streams dropped for reading too slowly",
             registry=self.registry,
         )
+        self.fires = Counter(
+            "libjobs_fires_total",
+            "Fires claimed by this process's scheduler",
+            ["trigger"],
+            registry=self.registry,
+        )
+        self.missed_fires = Counter(
+            "libjobs_missed_fires_total",
+            "Fires older than the catch-up window, counted and not run",
+            registry=self.registry,
+        )
+        self.fire_delay = Histogram(
+            "libjobs_fire_delay_seconds",
+            "How long after its nominal instant a fire was claimed",
+            registry=self.registry,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 30, 300, 3600),
+        )
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
@@ -72,6 +89,12 @@ class Metrics:
         self.projection_position.set_function(projection_position)
         self.store_position.set_function(store_position)
         self.projection_lag.set_function(lambda: max(0, store_position() - projection_position()))
+
+    def observe_fire(self, fire: Any, delay_s: float) -> None:
+        self.fires.labels(fire.trigger).inc()
+        self.missed_fires.inc(fire.missed_fires)
+        if fire.trigger == "schedule":
+            self.fire_delay.observe(max(0.0, delay_s))
 
     def track_messaging(
         self,

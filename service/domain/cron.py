@@ -3,7 +3,8 @@
 Validation is stricter than croniter on purpose: croniter accepts Quartz/Jenkins extensions (`?`, `L`,
 `W`, `#`, `H`) and reads an equal range such as `5-5` as the whole field, so every field is checked
 against a small Vixie-cron grammar first, with messages that name the field. The accepted text is then
-expanded by croniter itself, so the sets we reason about (minimum interval) are the ones that will fire.
+expanded by croniter itself, so the sets we reason about (minimum interval) are the ones that will fire;
+`schedule.py` computes the fire instants from those same sets.
 """
 
 from __future__ import annotations
@@ -11,16 +12,16 @@ from __future__ import annotations
 import calendar
 import itertools
 import re
-import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import date, datetime
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
-from croniter import CroniterBadCronError, CroniterBadDateError, croniter
+from croniter import CroniterBadCronError, croniter
 
 from service.domain.errors import ValidationFailed
+from service.domain.schedule import next_fire
 
 __all__ = ["MACROS", "CronSchedule", "normalize_cron", "parse_cron"]
 
@@ -37,10 +38,6 @@ _MACRO_FIELDS = {
     "@annually": "0 0 1 1 *",
 }
 MACROS: frozenset[str] = frozenset(_MACRO_FIELDS)
-
-# A 5-field expression that can fire at all fires at least once in 8 years (Feb 29 skips 2100);
-# next_after looks a little further than that before giving up.
-_HORIZON = timedelta(days=366 * 10)
 
 # The Gregorian calendar repeats (dates and weekdays alike) every 400 years = 146097 days.
 _CYCLE_START_YEAR = 2000
@@ -98,46 +95,15 @@ class CronSchedule:
     expression: str
     has_seconds: bool
 
+    # The value sets that fire (croniter's expansion); schedule.py walks them. Derived from `expression`.
+    fields: _Expanded = field(compare=False, repr=False, kw_only=True)
+
     def next_after(self, after: datetime, tz: ZoneInfo) -> datetime | None:
         """First fire strictly after the aware instant `after`, evaluated in `tz`, as an aware UTC datetime.
 
-        None when nothing fires within the horizon (about ten years).
+        None when nothing fires within the horizon (about ten years). See `schedule.next_fire`.
         """
-        if after.tzinfo is None or after.utcoffset() is None:
-            raise ValueError("next_after needs an aware datetime")
-        limit = after + _HORIZON
-        it = _iterator(self.expression)
-        it.set_current(after.astimezone(tz), force=True)
-        # croniter is strictly-after already; the loop only guards against a DST fold handing back
-        # a wall time whose UTC instant is not later than `after`.
-        for _ in range(4):
-            try:
-                fire: datetime = it.get_next(datetime)
-            except (CroniterBadDateError, OverflowError, ValueError):
-                return None
-            fire_utc = fire.astimezone(UTC)
-            if fire_utc > limit:
-                return None
-            if fire_utc > after:
-                return fire_utc
-        return None
-
-
-_iterators = threading.local()
-
-
-def _iterator(expression: str) -> croniter:
-    """A croniter per expression and thread: building one re-parses the expression (~60 µs), and an
-    iterator is stateful, so threads must not share it."""
-    cache: dict[str, croniter] | None = getattr(_iterators, "cache", None)
-    if cache is None:
-        cache = _iterators.cache = {}
-    it = cache.get(expression)
-    if it is None:
-        if len(cache) > 4096:
-            cache.clear()
-        it = cache[expression] = croniter(expression, second_at_beginning=True)
-    return it
+        return next_fire(self, tz, after)
 
 
 def parse_cron(expr: str, *, min_interval_s: int) -> CronSchedule:
@@ -176,7 +142,7 @@ def _parse(text: str, min_interval_s: int) -> CronSchedule:
             raise ValidationFailed(
                 FIELD, "too_frequent", f"cron fires more often than once every {min_interval_s} s"
             )
-    return CronSchedule(expression=text, has_seconds=has_seconds)
+    return CronSchedule(expression=text, has_seconds=has_seconds, fields=expanded)
 
 
 def _invalid(reason: str) -> ValidationFailed:

@@ -7,15 +7,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import Enum
-from typing import Any, ClassVar, Final
-from uuid import UUID
+from typing import Any, ClassVar, Final, Literal
+from uuid import UUID, uuid5
 
 from eventsourcing.domain import Aggregate
 
 from service.domain.cron import parse_cron
-from service.domain.errors import ValidationFailed
+from service.domain.errors import Conflict, NotFound, ValidationFailed
 from service.domain.fields import ALL_FIELDS, DEFAULT_GROUPS, GROUPS_BY_ID, selected_fields
 from service.domain.timezones import validate_timezone
 
@@ -27,6 +27,14 @@ BOOK_ONLY_GROUPS: Final = frozenset({"book_extra"})
 BOOK_ONLY_FIELDS: Final = frozenset(GROUPS_BY_ID["book_extra"].fields)
 MAX_CONCURRENCY_RANGE: Final = (1, 16)
 SKIP_RECENT_RANGE: Final = (0, 31_536_000)
+
+RunTrigger = Literal["schedule", "manual", "catchup"]
+FireTrigger = Literal["schedule", "catchup", "missed"]
+"""How the scheduler claims a fire: an ordinary one, a catch-up run after downtime, or fires too old to
+run (`missed`: recorded as skipped, so that the claims move past them)."""
+FinalRunStatus = Literal["success", "partial", "failure", "cancelled"]
+RECENT_RUNS_KEPT: Final = 32
+"""How many finished run ids a job remembers, to record each run once (a bounded memory)."""
 
 
 class Missing(Enum):
@@ -363,8 +371,40 @@ def validate_patch(
 # --- The aggregate ------------------------------------------------------------------------------
 
 
+class AlreadyClaimed(Conflict):
+    """The fire was claimed already (this instant, or a later one): another scheduler fired it."""
+
+
+class FireRefused(Conflict):
+    """A disabled or deleted job does not fire: for the scheduler, nothing to do."""
+
+
+RUN_IN_FLIGHT = "A run of this job is already in flight"
+
+
+def utc_text(instant: datetime) -> str:
+    """An aware instant as RFC 3339 in UTC with a `Z`, as the wire writes it (`2026-11-01T05:30:00Z`)."""
+    return instant.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def fire_run_id(job_id: UUID, instant: datetime) -> UUID:
+    """The id of the run a fire starts (SPEC §3.3): `uuid5(jobId, nominal instant)`, the instant written
+    as `utc_text` does, so anyone holding a `scheduledFor` from the wire can compute it again."""
+    if instant.utcoffset() is None:
+        raise ValueError("a fire instant must be aware")
+    return uuid5(job_id, utc_text(instant))
+
+
 class LibraryJob(Aggregate):
-    """One scheduled job. `job_version` counts user changes to the definition (runs never bump it)."""
+    """One scheduled job. `job_version` counts user changes to the definition (runs never bump it).
+
+    Runs: `current_run_id` is the run queued or running (at most one). `last_fire` is the latest nominal
+    fire instant claimed (by `RunRequested` or `FireSkipped`); a job's fires only move forward, so a
+    claim at or before it is refused (`AlreadyClaimed`), which is what makes any number of schedulers
+    fire each instant once. A catch-up run claims the latest of the fires it coalesces, so the older ones
+    are refused too. `finished_runs` remembers the last `RECENT_RUNS_KEPT` recorded runs (id → status),
+    so recording a run again changes nothing.
+    """
 
     TOPIC = "libjobs:LibraryJob"
 
@@ -413,6 +453,57 @@ class LibraryJob(Aggregate):
             aggregate.deleted = True
             aggregate.job_version = self.job_version
 
+    class RunRequested(Event):
+        """A run to execute. `config` is the job's config at that moment (`RefreshConfig.to_dict`), so
+        the work item is self-contained; `scheduledFor` is the claimed fire (null for a manual run) and
+        `missedFires` counts the fires too old to run that this run stands for."""
+
+        TOPIC = "libjobs:LibraryJob.RunRequested"
+        run_id: UUID
+        trigger: RunTrigger
+        scheduled_for: datetime | None
+        requested_at: datetime
+        missed_fires: int
+        config: dict[str, Any]
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.current_run_id = self.run_id
+            if self.scheduled_for is not None:
+                aggregate.last_fire = self.scheduled_for
+
+    class FireSkipped(Event):
+        """A claimed fire that starts no run: `overlap` (the run `runIdInFlight` was queued or running)
+        or `missed` (older than the catch-up window; `missedFires` counts them)."""
+
+        TOPIC = "libjobs:LibraryJob.FireSkipped"
+        scheduled_for: datetime
+        reason: Literal["overlap", "missed"]
+        run_id_in_flight: UUID | None
+        missed_fires: int
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.last_fire = self.scheduled_for
+
+    class RunFinished(Event):
+        """The outcome of a run (requested here or executed elsewhere); it ends the run in flight if it
+        is that one. `counts` has the keys of `RunDto.progress`."""
+
+        TOPIC = "libjobs:LibraryJob.RunFinished"
+        run_id: UUID
+        status: FinalRunStatus
+        message: str | None
+        started_at: datetime
+        finished_at: datetime
+        counts: dict[str, int]
+
+        def apply(self, aggregate: Any) -> None:
+            if aggregate.current_run_id == self.run_id:
+                aggregate.current_run_id = None
+            finished: dict[str, FinalRunStatus] = aggregate.finished_runs
+            finished[str(self.run_id)] = self.status
+            while len(finished) > RECENT_RUNS_KEPT:
+                del finished[next(iter(finished))]
+
     def __init__(
         self,
         library_id: UUID,
@@ -427,6 +518,10 @@ class LibraryJob(Aggregate):
         self.enabled = enabled
         self.job_version = job_version
         self.deleted = False
+        self.current_run_id: UUID | None = None
+        self.last_fire: datetime | None = None
+        # run id (text: copied cheaply with the aggregate out of the repository's cache) → status
+        self.finished_runs: dict[str, FinalRunStatus] = {}
 
     @classmethod
     def create(
@@ -477,3 +572,111 @@ class LibraryJob(Aggregate):
         self.trigger_event(
             self.Deleted, job_version=self.job_version + 1, timestamp=at, actor=actor, request_id=request_id
         )
+
+    # --- runs ---------------------------------------------------------------------------------------
+
+    def fire(
+        self,
+        instant: datetime,
+        trigger: FireTrigger,
+        *,
+        missed_fires: int = 0,
+        at: datetime,
+        actor: str | None,
+        request_id: str | None,
+    ) -> UUID | None:
+        """Claims the fire at the nominal `instant`: records `RunRequested` and returns its run id
+        (`fire_run_id`), or records `FireSkipped` and returns None (a run is in flight, or the fire is
+        `missed`). Raises `FireRefused` for a disabled or deleted job, `AlreadyClaimed` for an instant at
+        or before the last claimed one."""
+        if instant.utcoffset() is None:
+            raise ValueError("a fire instant must be aware")
+        if missed_fires < 0:
+            raise ValueError("missed_fires must not be negative")
+        if self.deleted or not self.enabled:
+            raise FireRefused("A disabled or deleted job does not fire")
+        instant = instant.astimezone(UTC)
+        if self.last_fire is not None and instant <= self.last_fire:
+            raise AlreadyClaimed(f"The fire at {utc_text(instant)} was already claimed")
+        stamp: dict[str, Any] = {"timestamp": at, "actor": actor, "request_id": request_id}
+        if trigger == "missed" or self.current_run_id is not None:
+            self.trigger_event(
+                self.FireSkipped,
+                scheduled_for=instant,
+                reason="missed" if trigger == "missed" else "overlap",
+                run_id_in_flight=self.current_run_id,
+                missed_fires=missed_fires,
+                **stamp,
+            )
+            return None
+        run_id = fire_run_id(self.id, instant)
+        self._request_run(run_id, trigger, instant, missed_fires, stamp)
+        return run_id
+
+    def run_now(self, run_id: UUID, *, at: datetime, actor: str | None, request_id: str | None) -> None:
+        """A manual run (it works on a disabled job); `Conflict` while a run of this job is in flight."""
+        if self.deleted:
+            raise NotFound("Job not found")
+        if self.current_run_id is not None:
+            raise Conflict(RUN_IN_FLIGHT)
+        self._request_run(
+            run_id, "manual", None, 0, {"timestamp": at, "actor": actor, "request_id": request_id}
+        )
+
+    def _request_run(
+        self,
+        run_id: UUID,
+        trigger: RunTrigger,
+        scheduled_for: datetime | None,
+        missed_fires: int,
+        stamp: dict[str, Any],
+    ) -> None:
+        self.trigger_event(
+            self.RunRequested,
+            run_id=run_id,
+            trigger=trigger,
+            scheduled_for=scheduled_for,
+            requested_at=stamp["timestamp"],
+            missed_fires=missed_fires,
+            config=self.definition.config.to_dict(),
+            **stamp,
+        )
+
+    def finish_run(
+        self,
+        run_id: UUID,
+        status: FinalRunStatus,
+        *,
+        message: str | None,
+        started_at: datetime,
+        finished_at: datetime,
+        counts: Mapping[str, int],
+        at: datetime,
+        actor: str | None,
+        request_id: str | None,
+    ) -> bool:
+        """Records a run's outcome once: False (and nothing recorded) when this run was recorded already.
+
+        Validation failures name the fields of `RecordRun` (SPEC §5).
+        """
+        if self.deleted:
+            raise NotFound("Job not found")
+        if str(run_id) in self.finished_runs:
+            return False
+        if started_at.utcoffset() is None or finished_at.utcoffset() is None:
+            raise ValueError("run instants must be aware")
+        if finished_at < started_at:
+            raise ValidationFailed("finishedAt", "before_start", "finishedAt must not be before startedAt")
+        self.trigger_event(
+            self.RunFinished,
+            run_id=run_id,
+            status=status,
+            message=message,
+            started_at=started_at.astimezone(UTC),
+            finished_at=finished_at.astimezone(UTC),
+            counts=dict(counts),
+            timestamp=at,
+            actor=actor,
+            request_id=request_id,
+        )
+        return True

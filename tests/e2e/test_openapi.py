@@ -45,6 +45,7 @@ OPERATIONS = {  # operationId -> (method, path), SPEC §2 and the reference docu
     "get_job": ("get", JOB),
     "patch_job": ("patch", JOB),
     "delete_job": ("delete", JOB),
+    "run_job_now": ("post", f"{JOB}/run-now"),
     "list_field_groups": ("get", FIELD_GROUPS),
 }
 HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})

@@ -38,8 +38,15 @@ STOP_TIMEOUT_S = 30
 PLUGINS = (PluginSpec(name=PLUGIN, command=("false",), capabilities=("series", "book")),)
 
 
+# Without the scheduler: these tests write jobs with clocks of their own, whose fires must not be claimed
+# by the real clock meanwhile. Scheduler tests ask for it (`roles=WITH_SCHEDULER`).
+QUIET_ROLES = frozenset({"api", "projector"})
+WITH_SCHEDULER = QUIET_ROLES | {"scheduler"}
+
+
 def make_settings(tmp_path: Path, database_url: str | None, **overrides: Any) -> Settings:
-    return Settings(data_dir=tmp_path / "data", database_url=database_url, plugins=PLUGINS, **overrides)
+    values: dict[str, Any] = {"roles": QUIET_ROLES, **overrides}
+    return Settings(data_dir=tmp_path / "data", database_url=database_url, plugins=PLUGINS, **values)
 
 
 @dataclass

@@ -380,28 +380,90 @@ async def test_a_command_the_application_cannot_run_yet_is_503_after_its_payload
     responder: CommandResponder,
 ) -> None:
     job = {"libraryId": str(uuid4()), "jobId": str(uuid4())}
-    run = {
-        "jobId": job["jobId"],
-        "runId": str(uuid4()),
+    assert await failed(responder, "job.dry_run", {**job, "sampleSize": 3}) == {
+        "status": 503,
+        "error": "ServiceUnavailable",
+        "message": "job.dry_run is not available yet",
+    }
+    assert (await failed(responder, "job.dry_run", {**job, "bogus": 1}))["status"] == 400
+
+
+# --- runs -------------------------------------------------------------------------------------------------
+
+
+def run_record(job_id: str, run_id: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "jobId": job_id,
+        "runId": run_id,
         "status": "success",
+        "message": "Refreshed 1 of 1 series (1 succeeded, 0 failed, 0 skipped)",
         "startedAt": "2026-03-01T04:00:00Z",
         "finishedAt": "2026-03-01T04:01:00Z",
         "counts": {"planned": 1, "done": 1, "succeeded": 1},
+        **fields,
     }
-    commands: list[tuple[str, dict[str, Any]]] = [
-        ("job.run_now", job),
-        ("job.dry_run", {**job, "sampleSize": 3}),
-        ("run.record", run),
-    ]
-    for name, payload in commands:
-        assert await failed(responder, name, payload) == {
-            "status": 503,
-            "error": "ServiceUnavailable",
-            "message": f"{name} is not available yet",
-        }
-        assert (await failed(responder, name, {**payload, "bogus": 1}))["status"] == 400
-    naive = await failed(responder, "run.record", {**run, "finishedAt": "2026-03-01T04:01:00"})
+
+
+async def test_run_now_then_run_record_end_the_run_as_http_shows(
+    responder: CommandResponder, http: httpx.AsyncClient, service: Service
+) -> None:
+    library_id = await new_library(responder)
+    job_id = await new_job(responder, library_id)  # disabled: run-now works all the same
+    job = {"libraryId": library_id, "jobId": job_id}
+    job_path = f"/libraries/{library_id}/jobs/{job_id}"
+
+    task = await ok(responder, "job.run_now", job, **{"Libjobs-Actor": "library-server"})
+    run_id = task["taskId"]
+    assert list(task) == ["taskId"]
+    assert (await http.get(job_path)).json()["currentRunId"] == run_id  # read-your-writes
+    assert await failed(responder, "job.run_now", job) == {
+        "status": 409,
+        "error": "Conflict",
+        "message": "A run of this job is already in flight",
+    }
+    http_refusal = await http.post(f"{job_path}/run-now")
+    assert (http_refusal.status_code, http_refusal.json()["message"]) == (
+        409,
+        "A run of this job is already in flight",
+    )
+
+    recorded = await ok(responder, "run.record", run_record(job_id, run_id))
+    assert recorded == {"jobId": job_id, "runId": run_id, "status": "success"}
+    again = await ok(responder, "run.record", run_record(job_id, run_id, status="failure"))
+    assert again == recorded  # the first outcome stands
+    dto = (await http.get(job_path)).json()
+    assert (dto["currentRunId"], dto["lastRunAt"], dto["lastRunStatus"], dto["version"]) == (
+        None,
+        "2026-03-01T04:01:00Z",
+        "success",
+        1,
+    )
+    assert dto["lastRunMessage"] == "Refreshed 1 of 1 series (1 succeeded, 0 failed, 0 skipped)"
+    finished = [e for _, e in stored(service) if type(e).__name__ == "RunFinished"]
+    assert len(finished) == 1
+    assert finished[0].actor == "nats:nats"  # the default caller
+    assert (await http.post(f"{job_path}/run-now")).status_code == 200
+
+
+async def test_run_commands_refuse_unknown_jobs_and_bad_outcomes(responder: CommandResponder) -> None:
+    library_id = await new_library(responder)
+    job_id = await new_job(responder, library_id)
+    not_found = {"status": 404, "error": "NotFound", "message": "Job not found"}
+    assert await failed(responder, "job.run_now", {"libraryId": str(uuid4()), "jobId": job_id}) == not_found
+    assert await failed(responder, "run.record", run_record(str(uuid4()), str(uuid4()))) == not_found
+    backwards = run_record(job_id, str(uuid4()), finishedAt="2026-03-01T03:59:59Z")
+    assert await failed(responder, "run.record", backwards) == {
+        "status": 400,
+        "error": "BadRequest",
+        "message": "finishedAt must not be before startedAt",
+        "details": {"field": "finishedAt", "code": "before_start"},
+    }
+    naive = await failed(
+        responder, "run.record", run_record(job_id, str(uuid4()), finishedAt="2026-03-01T04:01:00")
+    )
     assert naive["details"] == {"field": "finishedAt", "code": "invalid"}
+    unknown_status = await failed(responder, "run.record", run_record(job_id, str(uuid4()), status="done"))
+    assert unknown_status["details"] == {"field": "status", "code": "invalid_enum"}
 
 
 async def test_an_unexpected_failure_is_a_500_reply_and_is_logged_with_the_subject(

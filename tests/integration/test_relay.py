@@ -19,7 +19,7 @@ import pytest
 from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 
-from contracts.nats import EVENTS_STREAM, EventEnvelope
+from contracts.nats import EVENTS_STREAM, RUNS_STREAM, EventEnvelope, JobRunRequested
 from service.bootstrap import Service
 from service.domain.jobs import ConfigDraft, CreateDraft, PatchDraft
 from service.settings import Settings
@@ -185,3 +185,24 @@ async def test_the_relay_follows_writes_of_another_process(settings: Settings, c
         assert [r.leading for r in relays].count(True) == 1  # one relay leads; the other stands by
         messages = await stream_envelopes(client)
     assert_exactly_once_in_store_order(messages, stored)
+
+
+async def test_a_run_request_becomes_one_work_item_on_the_runs_queue(
+    settings: Settings, client: Client
+) -> None:
+    async with running(settings) as service:
+        library = await new_library(service)
+        job = await create_job(service, library)
+        _, run_id = await service.run_sync(service.commands.run_now, library, job, ctx())
+        await until_relayed(service, client)
+    js = client.jetstream()
+    info = await js.stream_info(RUNS_STREAM)
+    assert info.state.messages == 1
+    message = await js.get_msg(RUNS_STREAM, info.state.last_seq)
+    assert message.subject == "libjobs.run.requested.metadata_refresh"
+    assert message.headers is not None
+    assert message.headers["Nats-Msg-Id"] == str(run_id)
+    assert message.data is not None
+    item = msgspec.json.decode(message.data, type=JobRunRequested)
+    assert (item.run_id, item.job_id, item.library_id, item.trigger) == (run_id, job, library, "manual")
+    assert item.config.provider == PROVIDER

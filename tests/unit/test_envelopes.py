@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -130,3 +130,53 @@ def test_library_events_are_on_the_librarys_subject() -> None:
     message = outgoing(SUBJECTS, 4, renamed, origin)
     assert message.subject == f"libjobs.evt.library.{LIBRARY}"
     assert decoded(message.payload)["data"] == {"name": "Manga", "requestId": "r-1"}
+
+
+def test_run_events_name_themselves_and_carry_the_config_in_the_wire_shape() -> None:
+    job = new_job()
+    job.collect_events()
+    fire = datetime(2026, 11, 28, 4, 0, tzinfo=UTC)
+    run_id = job.fire(fire, "schedule", at=fire, actor="scheduler", request_id=None)
+    job.fire(fire + timedelta(days=1), "schedule", at=fire, actor="scheduler", request_id=None)
+    job.finish_run(
+        run_id,  # type: ignore[arg-type]
+        "success",
+        message="Refreshed 1 of 1 series (1 succeeded, 0 failed, 0 skipped)",
+        started_at=fire,
+        finished_at=fire + timedelta(seconds=9),
+        counts={"planned": 1, "done": 1, "succeeded": 1, "failed": 0, "skipped": 0},
+        at=fire + timedelta(seconds=9),
+        actor="executor",
+        request_id=None,
+    )
+    requested, skipped, finished = (
+        decoded(outgoing(SUBJECTS, 10 + i, event, Origin(LIBRARY, JOB)).payload)
+        for i, event in enumerate(job.collect_events())
+    )
+
+    assert (requested["type"], requested["jobId"], requested["actor"]) == (
+        "RunRequested",
+        str(JOB),
+        "scheduler",
+    )
+    data = requested["data"]
+    assert (data["runId"], data["trigger"], data["scheduledFor"], data["missedFires"]) == (
+        str(run_id),
+        "schedule",
+        "2026-11-28T04:00:00Z",
+        0,
+    )
+    assert data["requestedAt"] == "2026-11-28T04:00:00Z"
+    assert data["config"]["type"] == "metadata_refresh"
+    assert data["config"]["fieldGroups"] == ["ratings", "status", "counts"]
+    assert skipped["type"] == "FireSkipped"
+    assert skipped["data"] == {
+        "requestId": None,
+        "scheduledFor": "2026-11-29T04:00:00Z",
+        "reason": "overlap",
+        "runIdInFlight": str(run_id),
+        "missedFires": 0,
+    }
+    assert finished["type"] == "RunFinished"
+    assert (finished["data"]["status"], finished["data"]["finishedAt"]) == ("success", "2026-11-28T04:00:09Z")
+    assert finished["data"]["counts"]["succeeded"] == 1

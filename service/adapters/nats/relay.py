@@ -1,8 +1,10 @@
 """The relay: every stored event, in store order, to JetStream; its position advances only after the acks.
 
-It is a projection whose view is NATS. One relay leads at a time (the same kind of lock as the persisted
-read models); it reads the store after its tracked position, publishes each event's envelope with
-`Nats-Msg-Id` = event id, waits for every ack of the batch, then records the batch's last position.
+It is a projection whose view is NATS (a `RunRequested` also becomes the `JobRunRequested` work item of
+`LIBJOBS_RUNS`, `Nats-Msg-Id` = run id, right after its event). One relay leads at a time (the same kind
+of lock as the persisted read models); it reads the store after its tracked position, publishes each
+event's envelope with `Nats-Msg-Id` = event id, waits for every ack of the batch, then records the
+batch's last position.
 
 - **Nothing is lost**: while NATS is down the position stands still; publishing resumes where it stopped.
 - **No duplicates**: a batch published again after a crash or a timeout carries the same message ids, and
@@ -27,7 +29,7 @@ from uuid import UUID
 from nats.js import JetStreamContext
 
 from contracts.nats import MSG_ID_HEADER, Subjects
-from projections.envelopes import Origin, Outgoing, origin_of, outgoing
+from projections.envelopes import Origin, Outgoing, origin_of, outgoing, work_item
 from service.adapters.follower import Batch
 
 log = logging.getLogger("libjobs.relay")
@@ -132,8 +134,10 @@ class Relay:
             messages, last = await self._run_sync(self._next_batch, self.position)
             if last == self.position:
                 self._wake.clear()
+                # asyncio.timeout, not wait_for: in Python 3.11 wait_for loses a cancel that meets a wake-up
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._idle_poll_s)
+                    async with asyncio.timeout(self._idle_poll_s):
+                        await self._wake.wait()
                 if not await self._run_sync(self._tracking.try_lead):
                     return  # lost the lead (its connection died): start over
                 continue
@@ -146,9 +150,13 @@ class Relay:
     def _next_batch(self, after: int) -> tuple[list[Outgoing], int]:
         """In the store's thread pool: the next events as messages, and the position of the last one."""
         batch = self._read(after, self._batch_size)
-        messages = [
-            outgoing(self._subjects, position, event, self._origins.of(event)) for position, event in batch
-        ]
+        messages = []
+        for position, event in batch:
+            origin = self._origins.of(event)
+            messages.append(outgoing(self._subjects, position, event, origin))
+            item = work_item(self._subjects, event, origin)  # a run request also goes to the work queue
+            if item is not None:
+                messages.append(item)
         return messages, batch[-1][0] if batch else after
 
     async def _publish_all(self, js: JetStreamContext, messages: list[Outgoing]) -> None:

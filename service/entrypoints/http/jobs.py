@@ -1,23 +1,31 @@
-"""`/libraries/{libraryId}/jobs`: list, create, get, patch, delete (SPEC §2.2-2.4)."""
+"""`/libraries/{libraryId}/jobs`: list, create, get, patch, delete, run-now and the schedule preview
+(SPEC §2.2-2.4, §2.6, §3)."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from functools import partial
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 
+import msgspec
 from litestar import Request, Response, delete, get, patch, post
 from litestar.datastructures import ResponseHeader
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT, HTTP_304_NOT_MODIFIED
 
 from contracts.jobs import (
     CreateLibraryJobRequest,
+    JobScheduleResponse,
     LibraryJobDto,
     ListLibraryJobsResponse,
     PatchLibraryJobRequest,
+    RunNowResponse,
 )
-from service.domain.errors import NotFound
+from service.domain.cron import parse_cron
+from service.domain.errors import NotFound, ValidationFailed
+from service.domain.schedule import fires as upcoming
+from service.domain.timezones import zone
 from service.entrypoints.http.common import (
     JSON,
     Reply,
@@ -34,6 +42,23 @@ from service.entrypoints.translate import create_draft, patch_draft
 
 JOB_PATH = "/libraries/{library_id:uuid}/jobs/{job_id:uuid}"
 ETAG_HEADER = [ResponseHeader(name="ETag", description="The job's version, quoted", documentation_only=True)]
+SCHEDULE_MAX = 50
+Count = Annotated[
+    int,
+    QueryParameter(  # the range is checked in the handler, for an `out_of_range` code like the body's
+        description=f"How many fires (default 5, 1 to {SCHEDULE_MAX})",
+        schema_extra={"minimum": 1, "maximum": SCHEDULE_MAX},
+    ),
+]
+From = Annotated[
+    str | None,
+    QueryParameter(
+        name="from",
+        description="The fires listed are strictly after this instant: RFC 3339 with an offset, e.g. "
+        "`2026-10-31T12:00:00Z` (default: now). Write `+` as `%2B`.",
+    ),
+]
+_encode = msgspec.json.encode
 
 
 def _json(reply: Reply) -> Response[bytes]:
@@ -163,4 +188,83 @@ async def delete_job(
     await svc.wait_for(saved.position)
 
 
-ROUTES = [list_jobs, create_job, get_job, patch_job, delete_job]
+@post(
+    JOB_PATH + "/run-now",
+    before_request=check_body,
+    operation_id="run_job_now",
+    summary="Run a job now, also a disabled one (409 while a run of it is queued or running)",
+    description="Queues a `manual` run and answers its run id as `taskId`; the run itself is asynchronous. "
+    "409 `A run of this job is already in flight` while a run of this job is queued or running (runs of "
+    "other jobs never interfere), or when an `Idempotency-Key` is reused for another request.",
+    opt={"scope": "jobs:run"},
+    status_code=HTTP_200_OK,
+    responses=error_responses(400, 404, 409, 413, 415),
+)
+async def run_job_now(
+    request: Request[Any, Any, Any], library_id: FromPath[UUID], job_id: FromPath[UUID]
+) -> Response[RunNowResponse]:
+    svc = services(request)
+
+    async def handle() -> Reply:
+        saved, run_id = await svc.run_sync(svc.commands.run_now, library_id, job_id, context(request))
+        await svc.wait_for(saved.position)
+        return Reply(HTTP_200_OK, _encode(RunNowResponse(task_id=run_id)))
+
+    return _json(await idempotent(request, handle))  # type: ignore[return-value]
+
+
+@get(
+    JOB_PATH + "/schedule",
+    operation_id="get_job_schedule",
+    summary="The job's next fires, in UTC and in its time zone",
+    description="The next `count` fires strictly after `from`: exactly the instants that will fire (SPEC "
+    "§3.2). A fixed wall-clock time in a spring-forward gap fires once, at the first instant after the gap; "
+    "one that a fall-back repeats fires once, at its first occurrence; wildcard-hour expressions fire on "
+    "every real instant that matches. A disabled job previews the fires it would have once enabled.",
+    opt={"scope": "jobs:read"},
+    responses=error_responses(400, 404),
+)
+async def get_job_schedule(
+    request: Request[Any, Any, Any],
+    library_id: FromPath[UUID],
+    job_id: FromPath[UUID],
+    count: Count = 5,
+    from_: From = None,
+) -> Response[JobScheduleResponse]:
+    """The preview is the same for a disabled job: the fires it would have once enabled."""
+    if not 1 <= count <= SCHEDULE_MAX:
+        raise ValidationFailed(
+            "count", "out_of_range", f"count must be between 1 and {SCHEDULE_MAX}, got {count}"
+        )
+    svc = services(request)
+    after = _instant(from_, "from") if from_ is not None else svc.commands.clock.now()
+    found = svc.queries.job_cron(library_id, job_id)
+    if found is None:
+        raise NotFound("Job not found")
+    cron, timezone = found
+    tz = zone(timezone)
+    fires = upcoming(parse_cron(cron, min_interval_s=0), tz, after, count)
+    body = JobScheduleResponse(
+        timezone=timezone, fires=fires, local_fires=[fire.astimezone(tz) for fire in fires]
+    )
+    return Response(_encode(body), media_type=JSON)  # type: ignore[arg-type]
+
+
+def _instant(text: str, field: str) -> datetime:
+    """An RFC 3339 instant from a query parameter (a `+` that arrived as a space is read as a `+`)."""
+    for candidate in (text, text.replace(" ", "+")):
+        try:
+            instant = datetime.fromisoformat(candidate)
+        except ValueError:
+            continue
+        if instant.utcoffset() is None:
+            raise ValidationFailed(
+                field, "naive_datetime", f"{field} needs a UTC offset, e.g. 2026-10-31T12:00:00Z"
+            )
+        return instant
+    raise ValidationFailed(
+        field, "invalid_datetime", f"{field} must be an RFC 3339 date-time, e.g. 2026-10-31T12:00:00Z"
+    )
+
+
+ROUTES = [list_jobs, create_job, get_job, patch_job, delete_job, run_job_now, get_job_schedule]

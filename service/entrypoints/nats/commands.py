@@ -31,6 +31,7 @@ from nats.aio.subscription import Subscription
 
 from contracts.catalog import UpsertBookRequest, UpsertSeriesRequest
 from contracts.errors import ErrorResponse
+from contracts.jobs import RunNowResponse
 from contracts.nats import (
     ACTOR_HEADER,
     COMMANDS,
@@ -43,6 +44,9 @@ from contracts.nats import (
     DeleteJobCommand,
     DeleteLibraryCommand,
     DeleteSeriesCommand,
+    RecordRunCommand,
+    RecordRunResult,
+    RunNowCommand,
     Subjects,
     UpdateJobCommand,
     UpsertBookCommand,
@@ -60,7 +64,7 @@ log = logging.getLogger("libjobs.nats")
 
 DEFAULT_ACTOR = "nats"
 ACTOR_MAX = 128
-NOT_AVAILABLE_YET = ("job.run_now", "job.dry_run", "run.record")
+NOT_AVAILABLE_YET = ("job.dry_run",)
 """Commands the application cannot run yet: they answer 503 (after their payload is checked)."""
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -69,7 +73,7 @@ _ID_PREFIX = os.urandom(6).hex()
 _ids = itertools.count(1)
 _encode = msgspec.json.Encoder().encode
 
-Handler = Callable[[Any, CommandContext], Awaitable[msgspec.Raw | None]]
+Handler = Callable[[Any, CommandContext], Awaitable[msgspec.Raw | msgspec.Struct | None]]
 
 
 @dataclass
@@ -94,6 +98,8 @@ class CommandResponder:
             "job.create": self._create_job,
             "job.update": self._update_job,
             "job.delete": self._delete_job,
+            "job.run_now": self._run_now,
+            "run.record": self._record_run,
             "catalog.library.upsert": self._upsert_library,
             "catalog.library.delete": self._delete_library,
             "catalog.series.upsert": self._upsert_series,
@@ -172,6 +178,29 @@ class CommandResponder:
     async def _delete_job(self, command: DeleteJobCommand, ctx: CommandContext) -> None:
         app = self._svc.commands
         await self._write(app.delete_job, command.library_id, command.job_id, ctx, if_match=command.if_match)
+
+    async def _run_now(self, command: RunNowCommand, ctx: CommandContext) -> RunNowResponse:
+        run_now = partial(self._svc.commands.run_now, command.library_id, command.job_id, ctx)
+        saved, run_id = await self._svc.run_sync(run_now)
+        await self._svc.wait_for(saved.position)
+        return RunNowResponse(task_id=run_id)
+
+    async def _record_run(self, command: RecordRunCommand, ctx: CommandContext) -> RecordRunResult:
+        """Not an HTTP route: the outcome of a run, sent by whoever executed it."""
+        record = partial(
+            self._svc.commands.record_run,
+            command.job_id,
+            command.run_id,
+            command.status,
+            command.message,
+            command.started_at,
+            command.finished_at,
+            msgspec.structs.asdict(command.counts),
+            ctx,
+        )
+        saved, status = await self._svc.run_sync(record)
+        await self._svc.wait_for(saved.position)
+        return RecordRunResult(job_id=command.job_id, run_id=command.run_id, status=status)
 
     def _job(self, library_id: UUID, job_id: UUID) -> msgspec.Raw:
         found = self._svc.queries.job_json(library_id, job_id)

@@ -1,0 +1,145 @@
+"""The scheduler role (SPEC §3): claims every due fire of every enabled job, exactly once across replicas.
+
+It keeps each enabled job's next fire in a `Timetable` and sleeps until the earliest is due (no
+polling). The times come from the jobs read model, which follows the store: a create, edit, disable or
+delete reaches the timetable as soon as this process applies the event (a write of this process at once,
+another process's within the follower's lag, well under a second), and a claimed fire moves the job's
+`nextRunAt` on. A due fire is claimed with `request_run`: the job's aggregate refuses a second claim of the
+same instant, so replicas racing for it resolve through optimistic concurrency and exactly one
+`RunRequested` (or `FireSkipped`) is stored. The relay turns it into a work item; nothing here publishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from uuid import UUID
+
+from service.domain.cron import parse_cron
+from service.domain.schedule import fires_between
+from service.domain.timetable import Fire, Timetable, plan_fire
+from service.domain.timezones import zone
+from service.ports import Clock
+
+log = logging.getLogger("libjobs.scheduler")
+MAX_SLEEP_S = 30.0  # re-read the wall clock at least this often (it may have been set)
+RETRY_AFTER = timedelta(seconds=1)  # a claim that failed (the store was away) is tried again
+
+
+@dataclass(frozen=True, slots=True)
+class JobTimes:
+    """What the scheduler needs of a job: its next fire (None: it does not fire) and its schedule."""
+
+    next_fire: datetime | None
+    cron: str
+    timezone: str
+
+
+ClaimFire = Callable[[Fire], Awaitable[object | None]]  # None: another replica had claimed it
+
+
+class Scheduler:
+    def __init__(
+        self,
+        *,
+        claim: ClaimFire,
+        clock: Clock,
+        catchup_window: timedelta,
+        max_claims_in_flight: int = 32,
+        on_fire: Callable[[Fire, float], None] | None = None,
+    ) -> None:
+        self._claim = claim
+        self._clock = clock
+        self._window = catchup_window
+        self._slots = asyncio.Semaphore(max_claims_in_flight)
+        self._on_fire = on_fire  # (fire, seconds late): metrics and logs
+        self._table = Timetable()
+        self._schedules: dict[UUID, tuple[str, str]] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._claims: set[asyncio.Task[None]] = set()
+        self._stopping = False
+
+    @property
+    def scheduled(self) -> int:
+        return len(self._table)
+
+    def load(self, jobs: Iterable[tuple[UUID, JobTimes]]) -> None:
+        for job_id, times in jobs:
+            self._set(job_id, times)
+        self._wake.set()
+
+    def job_changed(self, job_id: UUID, times: JobTimes | None) -> None:
+        """On the loop, whenever the read model changes a job (None: deleted)."""
+        self._set(job_id, times)
+        self._wake.set()
+
+    def _set(self, job_id: UUID, times: JobTimes | None) -> None:
+        if times is None or times.next_fire is None:
+            self._schedules.pop(job_id, None)
+            self._table.set(job_id, None)
+            return
+        self._schedules[job_id] = (times.cron, times.timezone)
+        self._table.set(job_id, times.next_fire)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="scheduler")
+
+    async def stop(self) -> None:
+        self._stopping = True  # Python 3.11's wait_for can swallow a cancel that meets a wake-up
+        self._wake.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._claims:  # claims already sent to the store finish: they are idempotent anyway
+            await asyncio.wait(set(self._claims))
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            now = self._clock.now()
+            for job_id, due in self._table.take_due(now):
+                self._start_claim(self._plan(job_id, due, now))
+            upcoming = self._table.next_due()
+            delay = MAX_SLEEP_S if upcoming is None else (upcoming - self._clock.now()).total_seconds()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(delay, MAX_SLEEP_S)):
+                        await self._wake.wait()
+
+    def _plan(self, job_id: UUID, due: datetime, now: datetime) -> Fire:
+        cron, timezone = self._schedules[job_id]
+        return plan_fire(job_id, due, now, self._window, self._fires_of(cron, timezone))
+
+    @staticmethod
+    def _fires_of(cron: str, timezone: str) -> Callable[[datetime, datetime], Iterator[datetime]]:
+        schedule, tz = parse_cron(cron, min_interval_s=0), zone(timezone)
+        return lambda start, end: fires_between(schedule, tz, start, end)
+
+    def _start_claim(self, fire: Fire) -> None:
+        task = asyncio.create_task(self._claim_one(fire), name=f"claim {fire.job_id}")
+        self._claims.add(task)
+        task.add_done_callback(self._claims.discard)
+
+    async def _claim_one(self, fire: Fire) -> None:
+        async with self._slots:
+            try:
+                claimed = await self._claim(fire)
+            except Exception:  # the store is away: try again soon (a late retry becomes a catch-up)
+                log.exception("claiming a fire failed; retrying", extra={"job_id": str(fire.job_id)})
+                asyncio.get_running_loop().call_later(RETRY_AFTER.total_seconds(), self._retry, fire)
+                return
+        if claimed is not None and self._on_fire is not None:
+            self._on_fire(fire, (self._clock.now() - fire.instant).total_seconds())
+
+    def _retry(self, fire: Fire) -> None:
+        # Only if nothing changed meanwhile: an edit, a disable or another replica's claim came with
+        # a newer next fire (or none), which wins.
+        if fire.job_id in self._schedules and self._table.get(fire.job_id) is None:
+            self._table.set(fire.job_id, fire.instant)
+            self._wake.set()

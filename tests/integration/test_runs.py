@@ -1,0 +1,157 @@
+"""Runs through the application on both stores (SPEC §2.6, §3.3): a fire is claimed exactly once however
+many services race for it, run-now refuses a second run in flight, and an outcome is recorded once."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import Any
+from uuid import UUID, uuid4
+
+import msgspec
+import pytest
+
+from contracts.jobs import LibraryJobDto
+from service.application import Fired
+from service.bootstrap import Service
+from service.domain.errors import Conflict, NotFound
+from service.domain.jobs import LibraryJob, fire_run_id
+from service.domain.timezones import zone
+from tests.integration.harness import ctx, new_job, new_library, race, stored, write
+
+pytestmark = pytest.mark.integration
+
+# Feb 29 only: no scheduler of these services fires these jobs meanwhile, whatever the date.
+RARE_CRON = "0 0 29 2 *"
+INSTANT = datetime(2028, 2, 29, 0, 0, tzinfo=UTC)
+RACERS_PER_SERVICE = 2
+
+
+def claims(svc: Service, job_id: UUID) -> list[Any]:
+    """The job's stored claims of fires: RunRequested (with a fire instant) and FireSkipped events."""
+    return [
+        e
+        for _, e in stored(svc)
+        if e.originator_id == job_id
+        and isinstance(e, LibraryJob.RunRequested | LibraryJob.FireSkipped)
+        and e.scheduled_for is not None
+    ]
+
+
+def dto(svc: Service, library_id: UUID, job_id: UUID) -> LibraryJobDto:
+    found = svc.models.job_json(library_id, job_id)
+    assert found is not None
+    return msgspec.json.decode(found[0], type=LibraryJobDto)
+
+
+async def test_services_racing_for_a_fire_store_exactly_one_claim(pair: tuple[Service, Service]) -> None:
+    one, other = pair
+    library_id = await new_library(one)
+    for attempt in range(5):
+        job_id = await new_job(one, library_id, cron_schedule=RARE_CRON, enabled=True)
+        await other.follower.wait_for(one.reader.max_position())
+        instant = INSTANT + timedelta(days=attempt)
+        racers = [
+            partial(svc.commands.request_run, job_id, instant, "schedule", ctx(actor="scheduler"))
+            for svc in (one, other)
+            for _ in range(RACERS_PER_SERVICE)
+        ]
+
+        outcomes = await asyncio.to_thread(race, *racers)
+
+        wins = [o for o in outcomes if isinstance(o, Fired)]
+        assert len(wins) == 1, outcomes
+        assert outcomes.count(None) == len(racers) - 1, outcomes  # the others found it claimed
+        (claim,) = claims(one, job_id)
+        assert isinstance(claim, LibraryJob.RunRequested)
+        assert claim.scheduled_for == instant
+        assert claim.run_id == wins[0].run_id == fire_run_id(job_id, instant)
+        await one.follower.wait_for(wins[0].position)
+        await other.follower.wait_for(wins[0].position)
+        assert dto(one, library_id, job_id).current_run_id == claim.run_id
+        assert one.models.job_json(library_id, job_id) == other.models.job_json(library_id, job_id)
+
+
+async def test_a_fire_during_a_run_is_skipped_and_the_next_run_moves_on(service: Service) -> None:
+    library_id = await new_library(service)
+    job_id = await new_job(service, library_id, cron_schedule="0 4 * * *", enabled=True)
+    paris = zone("Europe/Paris")
+    first = datetime(2026, 3, 2, 4, 0, tzinfo=paris)
+
+    fired = await write(service, service.commands.request_run, job_id, first, "schedule", ctx())
+    skipped = await write(
+        service, service.commands.request_run, job_id, first + timedelta(days=1), "schedule", ctx()
+    )
+
+    assert isinstance(fired, Fired)
+    assert isinstance(skipped, Fired)
+    assert fired.run_id == fire_run_id(job_id, first)
+    assert skipped.run_id is None
+    job = dto(service, library_id, job_id)
+    assert job.current_run_id == fired.run_id
+    assert job.next_run_at == datetime(2026, 3, 4, 3, 0, tzinfo=UTC)  # 04:00 in Paris, after the skip
+    again = await service.run_sync(service.commands.request_run, job_id, first, "schedule", ctx())
+    assert again is None
+
+
+async def test_fires_of_disabled_deleted_or_unknown_jobs_are_nothing_to_do(service: Service) -> None:
+    library_id = await new_library(service)
+    disabled = await new_job(service, library_id, cron_schedule=RARE_CRON, enabled=False)
+    deleted = await new_job(service, library_id, cron_schedule=RARE_CRON, enabled=True)
+    await write(service, service.commands.delete_job, library_id, deleted, ctx())
+    before = service.reader.max_position()
+
+    for job_id in (disabled, deleted, uuid4()):
+        fired = await service.run_sync(service.commands.request_run, job_id, INSTANT, "schedule", ctx())
+        assert fired is None
+    assert service.reader.max_position() == before
+
+
+async def test_run_now_then_its_outcome_recorded_once(service: Service) -> None:
+    library_id = await new_library(service)
+    job_id = await new_job(service, library_id, cron_schedule=RARE_CRON, enabled=False)
+    app = service.commands
+
+    saved, run_id = await service.run_sync(app.run_now, library_id, job_id, ctx())
+    await service.follower.wait_for(saved.position)
+    assert dto(service, library_id, job_id).current_run_id == run_id
+    with pytest.raises(Conflict, match="already in flight"):
+        await service.run_sync(app.run_now, library_id, job_id, ctx())
+    with pytest.raises(NotFound):
+        await service.run_sync(app.run_now, uuid4(), job_id, ctx())  # another library's job
+
+    started = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    record = partial(
+        app.record_run,
+        job_id,
+        run_id,
+        "success",
+        "Refreshed 2 of 2 series (2 succeeded, 0 failed, 0 skipped)",
+        started,
+        started + timedelta(seconds=30),
+        {"planned": 2, "done": 2, "succeeded": 2, "failed": 0, "skipped": 0},
+        ctx(),
+    )
+    first, status = await service.run_sync(record)
+    await service.follower.wait_for(first.position)
+    again, status_again = await service.run_sync(record)
+
+    assert first.position is not None
+    assert again.position is None
+    assert status == status_again == "success"
+    finished = [e for _, e in stored(service) if isinstance(e, LibraryJob.RunFinished)]
+    assert [e.run_id for e in finished] == [run_id]
+    job = dto(service, library_id, job_id)
+    assert (job.current_run_id, job.last_run_status, job.last_run_at, job.version) == (
+        None,
+        "success",
+        started + timedelta(seconds=30),
+        1,
+    )
+    saved, _ = await service.run_sync(app.run_now, library_id, job_id, ctx())  # no longer in flight
+    assert saved.position is not None
+    with pytest.raises(NotFound):
+        await service.run_sync(
+            partial(app.record_run, uuid4(), run_id, "success", None, started, started, {}, ctx())
+        )
