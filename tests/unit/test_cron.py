@@ -23,6 +23,7 @@ from service.domain.cron import (
     parse_cron,
 )
 from service.domain.errors import ValidationFailed
+from tests.support.crons import CRON_EXPRESSIONS
 
 pytestmark = pytest.mark.unit
 
@@ -319,29 +320,8 @@ def test_next_after_finds_rare_fires() -> None:
 # ---------------------------------------------------------------------------------------------- properties
 
 
-def _field(low: int, high: int) -> st.SearchStrategy[str]:
-    value = st.integers(low, high)
-    ranged = st.tuples(value, value).filter(lambda ab: ab[0] < ab[1])
-    step = st.integers(1, high - low + 1)
-    return st.one_of(
-        st.just("*"),
-        step.map(lambda k: f"*/{k}"),
-        value.map(str),
-        ranged.map(lambda ab: f"{ab[0]}-{ab[1]}"),
-        st.tuples(ranged, step).map(lambda t: f"{t[0][0]}-{t[0][1]}/{t[1]}"),
-        st.lists(value, min_size=2, max_size=4, unique=True).map(lambda vs: ",".join(map(str, vs))),
-    )
-
-
-# Day-of-month stays <= 28 so that every generated expression can fire.
-_EXPRESSIONS = st.one_of(
-    st.tuples(_field(0, 59), _field(0, 23), _field(1, 28), _field(1, 12), _field(0, 7)),
-    st.tuples(_field(0, 59), _field(0, 59), _field(0, 23), _field(1, 28), _field(1, 12), _field(0, 7)),
-).map(" ".join)
-
-
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(_EXPRESSIONS)
+@given(CRON_EXPRESSIONS)
 def test_no_two_real_fires_are_closer_than_the_computed_gap(expr: str) -> None:
     gap = gap_of(expr)
     it = croniter(expr, datetime(2027, 12, 25), second_at_beginning=True)  # naive: wall-clock time
@@ -354,7 +334,7 @@ def test_no_two_real_fires_are_closer_than_the_computed_gap(expr: str) -> None:
 
 
 @settings(max_examples=50, deadline=None)
-@given(_EXPRESSIONS, st.lists(st.sampled_from([" ", "  ", "\t", "\n"]), min_size=7, max_size=7))
+@given(CRON_EXPRESSIONS, st.lists(st.sampled_from([" ", "  ", "\t", "\n"]), min_size=7, max_size=7))
 def test_normalisation_ignores_whitespace(expr: str, spaces: list[str]) -> None:
     fields = expr.split(" ")
     messy = spaces[0] + "".join(f + s for f, s in zip(fields, spaces[1:], strict=False))

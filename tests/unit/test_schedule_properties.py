@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from service.domain.cron import parse_cron
 from service.domain.errors import ValidationFailed
 from service.domain.schedule import fires, fires_between
+from tests.support.crons import CRON_EXPRESSIONS
 
 pytestmark = pytest.mark.unit
 
@@ -272,29 +273,8 @@ def test_day_restricted_crons_fire_as_the_reference(data: st.DataObject, cron: C
     check(cron, zone, data.draw(starts(zone), label="after"), timedelta(days=32))
 
 
-def _field(low: int, high: int) -> st.SearchStrategy[str]:
-    value = st.integers(low, high)
-    ranged = _ends(low, high)
-    step = st.integers(1, high - low + 1)
-    return st.one_of(
-        st.just("*"),
-        step.map(lambda k: f"*/{k}"),
-        value.map(str),
-        ranged.map(lambda ab: f"{ab[0]}-{ab[1]}"),
-        st.tuples(ranged, step).map(lambda t: f"{t[0][0]}-{t[0][1]}/{t[1]}"),
-        st.lists(value, min_size=2, max_size=4, unique=True).map(lambda vs: ",".join(map(str, vs))),
-    )
-
-
-# Day-of-month stays <= 28 so that every generated expression can fire.
-_ANY_EXPRESSION = st.one_of(
-    st.tuples(_field(0, 59), _field(0, 23), _field(1, 28), _field(1, 12), _field(0, 7)),
-    st.tuples(_field(0, 59), _field(0, 59), _field(0, 23), _field(1, 28), _field(1, 12), _field(0, 7)),
-).map(" ".join)
-
-
 @settings(SETTINGS, max_examples=100)
-@given(_ANY_EXPRESSION, st.datetimes(datetime(2020, 1, 1), datetime(2035, 12, 31)))
+@given(CRON_EXPRESSIONS, st.datetimes(datetime(2020, 1, 1), datetime(2035, 12, 31)))
 def test_wall_times_are_croniters_in_utc(expr: str, start: datetime) -> None:
     # Without DST the fires are exactly the wall times croniter iterates: the dialect is croniter's.
     schedule = parse_cron(expr, min_interval_s=0)
