@@ -35,7 +35,14 @@ from service.adapters.nats.relay import Relay
 from service.adapters.nats.streams import StreamSettings, ensure_streams
 from service.adapters.plugins.directory import PluginDirectory
 from service.adapters.plugins.host import PluginHost
-from service.adapters.store import PostgresListener, PostgresTarget, StoreReader, setup_lock, store_env
+from service.adapters.store import (
+    PostgresListener,
+    PostgresTarget,
+    SqliteChangeProbe,
+    StoreReader,
+    setup_lock,
+    store_env,
+)
 from service.application import LibraryJobs
 from service.domain.jobs import ValidationPolicy
 from service.domain.timetable import Fire
@@ -75,7 +82,7 @@ class Service:
         self.models = ReadModels(default_timezone=settings.default_timezone, on_change=self._job_changed)
         self.scheduler = (
             Scheduler(
-                claim=self._claim_fire,
+                claim=self._claim_fires,
                 clock=self.clock,
                 catchup_window=timedelta(seconds=settings.catchup_window_s),
                 on_fire=self.metrics.observe_fire,
@@ -123,6 +130,11 @@ class Service:
             batch_size=CATCH_UP_BATCH,
             poll_interval_s=0.02 if settings.database_url is None else 1.0,
             on_advance=self._advanced,
+            maybe_changed=(
+                SqliteChangeProbe(settings.data_dir / "events.sqlite3")
+                if settings.database_url is None
+                else None
+            ),
         )
         self.subjects = Subjects(settings.nats_prefix)
         self.stream_settings = StreamSettings()
@@ -187,16 +199,9 @@ class Service:
         timezone = definition.timezone or self.settings.default_timezone
         return JobTimes(row.next_run_at, definition.cron_schedule, timezone)
 
-    async def _claim_fire(self, fire: Fire) -> object | None:
-        claim = partial(
-            self.commands.request_run,
-            fire.job_id,
-            fire.instant,
-            fire.trigger,
-            CommandContext(actor="scheduler"),
-            missed_fires=fire.missed_fires,
-        )
-        return await self.run_sync(claim)
+    async def _claim_fires(self, fires: list[Fire]) -> list[object | None]:
+        claim = partial(self.commands.request_runs, fires, CommandContext(actor="scheduler"))
+        return list(await self.run_sync(claim))
 
     def _advanced(self, position: int) -> None:
         """On the loop, whenever the read models advance: new events are stored."""

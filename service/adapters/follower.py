@@ -34,6 +34,8 @@ class Follower:
         batch_size: int = 1000,
         poll_interval_s: float = 0.05,
         on_advance: Callable[[int], None] | None = None,
+        maybe_changed: Callable[[], bool] | None = None,
+        full_poll_every_s: float = 1.0,
     ) -> None:
         self._read = read  # (after, limit) → the next stored events; blocking, runs in the pool
         self._apply = apply  # applies a batch (skipping what it already has) → the new position
@@ -42,6 +44,12 @@ class Follower:
         self._batch_size = batch_size
         self._poll_interval_s = poll_interval_s
         self._on_advance = on_advance
+        # A cheap test, on the loop, of whether anything may have been stored since it was last asked;
+        # when it says no, a poll reads nothing (idle CPU). The store is still read every
+        # `full_poll_every_s`, in case the test missed a change.
+        self._maybe_changed = maybe_changed
+        self._full_poll_every_s = full_poll_every_s
+        self._last_read = 0.0
         self._wake = asyncio.Event()
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._offers: dict[int, Batch] = {}  # first position → offered batch that is not next yet
@@ -57,6 +65,7 @@ class Follower:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._last_read = self._loop.time()
         await self.catch_up()
         self._task = asyncio.create_task(self._run(), name="read-model-follower")
 
@@ -116,6 +125,11 @@ class Follower:
             self.wake()
         await asyncio.wait_for(future, timeout_s)
 
+    def _worth_reading(self, now: float) -> bool:
+        if self._maybe_changed is None or now - self._last_read >= self._full_poll_every_s:
+            return True
+        return self._maybe_changed()
+
     async def catch_up(self) -> int:
         """Applies everything stored so far; concurrent calls are safe (applying skips what is in)."""
         loop = asyncio.get_running_loop()
@@ -145,12 +159,18 @@ class Follower:
         self._waiters = still_waiting
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while not self._stopping:
+            woken = False
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll_interval_s)
+                woken = True
             if self._stopping:
                 return
             self._wake.clear()
+            if not woken and not self._worth_reading(loop.time()):
+                continue
+            self._last_read = loop.time()
             try:
                 await self.catch_up()
             except Exception as e:  # the store may be briefly unreachable: keep following

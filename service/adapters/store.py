@@ -66,7 +66,7 @@ def store_env(
         data_dir.mkdir(parents=True, exist_ok=True)
         return CACHE_ENV | {
             "PERSISTENCE_MODULE": "eventsourcing.sqlite",
-            "SQLITE_DBNAME": str(data_dir / "events.sqlite3"),
+            "SQLITE_DBNAME": str(sqlite_events_file(data_dir)),
             "SQLITE_LOCK_TIMEOUT": str(lock_timeout_s),
         }
     target = PostgresTarget.from_url(database_url)
@@ -134,6 +134,34 @@ class StoreReader:
         """An aggregate's first event (its creation), or None when nothing is stored for it."""
         stored = self._recorder.select_events(aggregate_id, lte=1, limit=1)
         return self._mapper.to_domain_event(stored[0]) if stored else None
+
+
+def sqlite_events_file(data_dir: Path) -> Path:
+    return data_dir / "events.sqlite3"
+
+
+class SqliteChangeProbe:
+    """Whether an SQLite store may have changed since the last call: the sizes and modification times of
+    the database and its write-ahead log (two `stat` calls instead of a query). It may say yes for nothing;
+    it says no after a commit only if that commit left both files' size and time as they were (a WAL
+    rewritten in place within one clock tick), which the follower's periodic full read covers."""
+
+    def __init__(self, database: Path) -> None:
+        self._files = (database, database.with_name(database.name + "-wal"))
+        self._seen: tuple[tuple[int, int], ...] = ()
+
+    def __call__(self) -> bool:
+        now = tuple(self._signature(path) for path in self._files)
+        changed, self._seen = now != self._seen, now
+        return changed
+
+    @staticmethod
+    def _signature(path: Path) -> tuple[int, int]:
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return (0, 0)
+        return (stat.st_mtime_ns, stat.st_size)
 
 
 class PostgresListener:

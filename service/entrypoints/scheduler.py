@@ -39,17 +39,19 @@ class JobTimes:
     timezone: str
 
 
-ClaimFire = Callable[[Fire], Awaitable[object | None]]  # None: another replica had claimed it
+# Claims a batch of fires; for each, None when another replica had claimed it (or it was refused).
+ClaimFires = Callable[[list[Fire]], Awaitable[list[object | None]]]
+CLAIM_BATCH = 200  # fires per claim: one store transaction each
 
 
 class Scheduler:
     def __init__(
         self,
         *,
-        claim: ClaimFire,
+        claim: ClaimFires,
         clock: Clock,
         catchup_window: timedelta,
-        max_claims_in_flight: int = 32,
+        max_claims_in_flight: int = 4,
         on_fire: Callable[[Fire, float], None] | None = None,
     ) -> None:
         self._claim = claim
@@ -103,8 +105,9 @@ class Scheduler:
         while not self._stopping:
             self._wake.clear()
             now = self._clock.now()
-            for job_id, due in self._table.take_due(now):
-                self._start_claim(self._plan(job_id, due, now))
+            due = [self._plan(job_id, instant, now) for job_id, instant in self._table.take_due(now)]
+            for start in range(0, len(due), CLAIM_BATCH):
+                self._start_claim(due[start : start + CLAIM_BATCH])
             upcoming = self._table.next_due()
             delay = MAX_SLEEP_S if upcoming is None else (upcoming - self._clock.now()).total_seconds()
             if delay > 0:
@@ -121,21 +124,25 @@ class Scheduler:
         schedule, tz = parse_cron(cron, min_interval_s=0), zone(timezone)
         return lambda start, end: fires_between(schedule, tz, start, end)
 
-    def _start_claim(self, fire: Fire) -> None:
-        task = asyncio.create_task(self._claim_one(fire), name=f"claim {fire.job_id}")
+    def _start_claim(self, fires: list[Fire]) -> None:
+        task = asyncio.create_task(self._claim_batch(fires), name=f"claim {len(fires)} fires")
         self._claims.add(task)
         task.add_done_callback(self._claims.discard)
 
-    async def _claim_one(self, fire: Fire) -> None:
+    async def _claim_batch(self, fires: list[Fire]) -> None:
         async with self._slots:
             try:
-                claimed = await self._claim(fire)
+                claimed = await self._claim(fires)
             except Exception:  # the store is away: try again soon (a late retry becomes a catch-up)
-                log.exception("claiming a fire failed; retrying", extra={"job_id": str(fire.job_id)})
-                asyncio.get_running_loop().call_later(RETRY_AFTER.total_seconds(), self._retry, fire)
+                log.exception("claiming fires failed; retrying", extra={"fires": len(fires)})
+                for fire in fires:
+                    asyncio.get_running_loop().call_later(RETRY_AFTER.total_seconds(), self._retry, fire)
                 return
-        if claimed is not None and self._on_fire is not None:
-            self._on_fire(fire, (self._clock.now() - fire.instant).total_seconds())
+        if self._on_fire is not None:
+            now = self._clock.now()
+            for fire, result in zip(fires, claimed, strict=True):
+                if result is not None:
+                    self._on_fire(fire, (now - fire.instant).total_seconds())
 
     def _retry(self, fire: Fire) -> None:
         # Only if nothing changed meanwhile: an edit, a disable or another replica's claim came with

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import statistics
 import time
 from collections.abc import Callable
@@ -14,7 +15,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from service.adapters.store import PostgresListener, PostgresTarget
+from service.adapters.store import PostgresListener, PostgresTarget, SqliteChangeProbe
 from service.bootstrap import Service
 from service.settings import Settings
 from tests.integration.harness import (
@@ -199,3 +200,18 @@ def _calls_after_stop(target: PostgresTarget, channel: str) -> list[float]:
         conn.execute(sql.SQL("NOTIFY {}").format(sql.Identifier(channel)))
     time.sleep(0.6)  # longer than the listener waits for a notification
     return [t for t in calls if t > stopped]
+
+
+def test_the_sqlite_probe_notices_every_commit_of_another_connection(tmp_path: Path) -> None:
+    database = tmp_path / "events.sqlite3"
+    probe = SqliteChangeProbe(database)
+    with sqlite3.connect(database) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE t (x)")
+    probe()
+    assert probe() is False  # nothing new
+    for n in range(20):
+        with sqlite3.connect(database) as db:
+            db.execute("INSERT INTO t VALUES (?)", (n,))
+        assert probe() is True
+        assert probe() is False

@@ -17,6 +17,7 @@ from service.application import Fired
 from service.bootstrap import Service
 from service.domain.errors import Conflict, NotFound
 from service.domain.jobs import LibraryJob, fire_run_id
+from service.domain.timetable import Fire
 from service.domain.timezones import zone
 from tests.integration.harness import ctx, new_job, new_library, race, stored, write
 
@@ -71,6 +72,31 @@ async def test_services_racing_for_a_fire_store_exactly_one_claim(pair: tuple[Se
         await other.follower.wait_for(wins[0].position)
         assert dto(one, library_id, job_id).current_run_id == claim.run_id
         assert one.models.job_json(library_id, job_id) == other.models.job_json(library_id, job_id)
+
+
+async def test_services_racing_for_a_batch_of_fires_claim_each_exactly_once(
+    pair: tuple[Service, Service],
+) -> None:
+    # Two schedulers with the same fires due: each claims them all in one transaction; the batch that
+    # loses the race falls back to claiming one by one and finds them claimed.
+    one, other = pair
+    library_id = await new_library(one)
+    jobs = [await new_job(one, library_id, cron_schedule=RARE_CRON, enabled=True) for _ in range(30)]
+    await other.follower.wait_for(one.reader.max_position())
+    fires = [Fire(job_id, INSTANT, "schedule") for job_id in jobs]
+    racers = [
+        partial(svc.commands.request_runs, fires, ctx(actor="scheduler"))
+        for svc in (one, other)
+        for _ in range(RACERS_PER_SERVICE)
+    ]
+
+    outcomes = await asyncio.to_thread(race, *racers)
+
+    for index, job_id in enumerate(jobs):
+        wins = [batch[index] for batch in outcomes if batch[index] is not None]
+        assert len(wins) == 1
+        (claim,) = claims(one, job_id)
+        assert claim.run_id == fire_run_id(job_id, INSTANT)
 
 
 async def test_a_fire_during_a_run_is_skipped_and_the_next_run_moves_on(service: Service) -> None:

@@ -83,3 +83,26 @@ async def test_offers_arriving_out_of_order_apply_in_order_without_reading_the_s
         await follower.stop()
     assert [p for p, _ in models.applied_on] == [1, 2, 3]
     assert models.reads == reads_at_start
+
+
+async def test_a_poll_reads_the_store_only_when_it_may_have_changed() -> None:
+    models = Models()
+    changed = [False]
+    with ThreadPoolExecutor(2) as pool:
+        follower = Follower(
+            models.read,
+            models.apply,
+            lambda: models.position,
+            pool,
+            poll_interval_s=0.01,
+            maybe_changed=lambda: changed[0],
+            full_poll_every_s=60,
+        )
+        await follower.start()
+        reads_at_start = models.reads
+        await asyncio.sleep(0.2)  # about twenty polls, nothing changed: nothing read
+        assert models.reads == reads_at_start
+        models.stored, changed[0] = 2, True  # another process stored two events
+        await follower.wait_for(2, timeout_s=2)
+        await follower.stop()
+    assert [p for p, _ in models.applied_on] == [1, 2]
