@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import gc
 import logging
 import os
 import secrets
@@ -339,6 +341,7 @@ class Service:
         self._loop = asyncio.get_running_loop()
         await self.run_sync(self.load_views)
         await self.follower.start()
+        release_free_memory()  # a replay decoded every stored event once: give that memory back
         if self.scheduler is not None:  # the read models are current: every job's next fire is known
             rows = self.models.jobs.rows.values()
             self.scheduler.load((row.id, self._job_times(row)) for row in rows)
@@ -409,6 +412,14 @@ class Service:
             access_log(method, path, route, status, seconds, rid)
 
         return with_request_context(self.http_app(authenticator), observe)
+
+
+def release_free_memory() -> None:
+    """Collects garbage and asks glibc to return freed heap pages to the system (resident memory after a
+    start-up replay of 100,000 events was 60 MB above the same models loaded from their rows)."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def api_keys(settings: Settings, *, announce: Callable[[str], None] = print) -> tuple[ApiKeySpec, ...]:

@@ -21,6 +21,8 @@ from typing import Any
 log = logging.getLogger("libjobs.follower")
 Batch = list[tuple[int, Any]]  # (store position, domain event)
 OFFER_GAP_S = 0.005  # how long an offer that is ahead waits for the offers before it
+QUIET_AFTER_S = 2.0  # after this long without a change, polls come QUIET_SLOWDOWN times less often
+QUIET_SLOWDOWN = 4
 
 
 class Follower:
@@ -50,6 +52,8 @@ class Follower:
         self._maybe_changed = maybe_changed
         self._full_poll_every_s = full_poll_every_s
         self._last_read = 0.0
+        self._last_change = 0.0
+        self._settled_at = -1
         self._wake = asyncio.Event()
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._offers: dict[int, Batch] = {}  # first position → offered batch that is not next yet
@@ -146,6 +150,9 @@ class Follower:
 
     def _settle(self) -> None:
         position = self._current()
+        if position != self._settled_at and self._loop is not None:
+            self._settled_at = position
+            self._last_change = self._loop.time()
         if self._on_advance is not None:
             self._on_advance(position)
         still_waiting = []
@@ -162,8 +169,12 @@ class Follower:
         loop = asyncio.get_running_loop()
         while not self._stopping:
             woken = False
+            # Quiet for a while: poll less often (idle CPU); the first change brings the pace back.
+            quiet = loop.time() - self._last_change > QUIET_AFTER_S
+            interval = self._poll_interval_s * (QUIET_SLOWDOWN if quiet else 1)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._poll_interval_s)
+                async with asyncio.timeout(interval):  # unlike wait_for, no task per poll
+                    await self._wake.wait()
                 woken = True
             if self._stopping:
                 return
