@@ -92,7 +92,7 @@ class Scheduler:
         self._task = asyncio.create_task(self._run(), name="scheduler")
 
     async def stop(self) -> None:
-        self._stopping = True  # Python 3.11's wait_for can swallow a cancel that meets a wake-up
+        self._stopping = True  # ends the loop even if the cancel below were lost
         self._wake.set()
         if self._task is not None:
             self._task.cancel()
@@ -105,7 +105,11 @@ class Scheduler:
         while not self._stopping:
             self._wake.clear()
             now = self._clock.now()
-            due = [self._plan(job_id, instant, now) for job_id, instant in self._table.take_due(now)]
+            due = [
+                fire
+                for job_id, instant in self._table.take_due(now)
+                if (fire := self._plan(job_id, instant, now))
+            ]
             for start in range(0, len(due), CLAIM_BATCH):
                 self._start_claim(due[start : start + CLAIM_BATCH])
             upcoming = self._table.next_due()
@@ -115,9 +119,13 @@ class Scheduler:
                     async with asyncio.timeout(min(delay, MAX_SLEEP_S)):
                         await self._wake.wait()
 
-    def _plan(self, job_id: UUID, due: datetime, now: datetime) -> Fire:
+    def _plan(self, job_id: UUID, due: datetime, now: datetime) -> Fire | None:
         cron, timezone = self._schedules[job_id]
-        return plan_fire(job_id, due, now, self._window, self._fires_of(cron, timezone))
+        try:
+            return plan_fire(job_id, due, now, self._window, self._fires_of(cron, timezone))
+        except Exception:  # one job's bad data must not stop every other job's fires
+            log.exception("cannot plan a fire; skipping it", extra={"job_id": str(job_id)})
+            return None
 
     @staticmethod
     def _fires_of(cron: str, timezone: str) -> Callable[[datetime, datetime], Iterator[datetime]]:
