@@ -43,6 +43,7 @@ from service.adapters.store import (
     SqliteChangeProbe,
     StoreReader,
     setup_lock,
+    sqlite_events_file,
     store_env,
 )
 from service.application import LibraryJobs
@@ -133,9 +134,7 @@ class Service:
             poll_interval_s=0.02 if settings.database_url is None else 1.0,
             on_advance=self._advanced,
             maybe_changed=(
-                SqliteChangeProbe(settings.data_dir / "events.sqlite3")
-                if settings.database_url is None
-                else None
+                None if settings.database_url else SqliteChangeProbe(sqlite_events_file(settings.data_dir))
             ),
         )
         self.subjects = Subjects(settings.nats_prefix)
