@@ -46,9 +46,10 @@ class RelayTracking(Protocol):
 
 
 class Origins:
-    """Aggregate id → `Origin`, learnt from first events as they pass, else read from the store."""
+    """Aggregate id → `Origin`, learnt from first events as they pass, else read from the store. Bounded
+    (least recently used go first): a miss costs one small read, while an entry per job costs memory."""
 
-    def __init__(self, first_event: Callable[[UUID], Any], capacity: int = 200_000) -> None:
+    def __init__(self, first_event: Callable[[UUID], Any], capacity: int = 20_000) -> None:
         self._first_event = first_event
         self._capacity = capacity
         self._known: OrderedDict[UUID, Origin] = OrderedDict()
