@@ -162,6 +162,7 @@ class Service:
         self.metrics.track_lag(self.reader.max_position, lambda: self.follower.position)
         self._leading = False
         self._persister: asyncio.Task[None] | None = None
+        self._settler: asyncio.Task[None] | None = None
         self._listener: PostgresListener | None = None
         if settings.database_url is not None:
             channel = self.commands.recorder.channel_name  # type: ignore[attr-defined]
@@ -310,6 +311,17 @@ class Service:
             except Exception:
                 log.exception("persisting the read models failed; will retry")
 
+    async def _settle_after_backlog(self, limit_s: float = 120) -> None:
+        """Once the relay has published what was stored before the start (a backlog of every event after
+        a first start) and the rows are persisted, the memory that took is returned too."""
+        for _ in range(int(limit_s)):
+            await asyncio.sleep(1)
+            stored = await self.run_sync(self.reader.max_position)
+            if not self.relay.leading or self.relay.position >= stored:
+                break
+        await asyncio.sleep(1)  # the projector writes its rows every 250 ms
+        settle_memory()
+
     def run_sync(self, fn: Callable[..., T], /, *args: Any) -> Awaitable[T]:
         return asyncio.get_running_loop().run_in_executor(self.executor, partial(fn, *args))
 
@@ -355,6 +367,7 @@ class Service:
             self.scheduler.start()
         await self._start_nats()
         self._persister = asyncio.create_task(self._persist_forever(), name="persist-views")
+        self._settler = asyncio.create_task(self._settle_after_backlog(), name="settle-memory")
         if self._listener is not None:
             self._listener.start()
         self.plugin_host.start_idle_reaper()
@@ -364,6 +377,8 @@ class Service:
         )
 
     async def stop(self) -> None:
+        if self._settler is not None:
+            self._settler.cancel()
         self.live.close()
         if self.scheduler is not None:
             await self.scheduler.stop()
