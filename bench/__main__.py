@@ -1,6 +1,6 @@
 """`python -m bench`: every benchmark (issue 2's and NATS's) in one run, a table on stdout, JSON numbers.
 
-    python -m bench [--quick] [--only NAME[,NAME]] [--out bench/results/issue2.json]
+    python -m bench [--quick] [--only NAME[,NAME]] [--out bench/results/latest.json]
 
 Exit status: 0 when every target that could be measured was met, 1 when one was missed, 2 on bad usage.
 """
@@ -25,7 +25,7 @@ BENCHMARKS: dict[str, Callable[[Options], list[Result]]] = {
     "nats": nats.run,
     "scheduler": scheduler.run,
 }
-DEFAULT_OUT = Path("bench/results/issue2.json")
+DEFAULT_OUT = Path("bench/results/latest.json")
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
