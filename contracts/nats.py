@@ -59,9 +59,11 @@ CatalogEventType = Literal[
     "SeriesUpserted",
     "SeriesChanged",
     "SeriesDeleted",
+    "SeriesRefreshed",
     "BookUpserted",
     "BookChanged",
     "BookDeleted",
+    "BookRefreshed",
 ]
 AggregateType = Literal["job", "library", "series", "book"]
 

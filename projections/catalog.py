@@ -13,7 +13,7 @@ import msgspec
 
 from contracts.catalog import LibraryDto
 from projections.rows import ViewRow
-from service.domain.catalog import Book, CatalogItem, Library, Series
+from service.domain.catalog import Book, CatalogItem, Library, Series, refreshed_state
 from service.domain.errors import ValidationFailed
 
 _encode = msgspec.json.encode
@@ -159,6 +159,19 @@ class CatalogView:
         item_id, _ = self._known[event.originator_id]
         if isinstance(event, CatalogItem.Deleted):
             index.remove(item_id)
+            return
+        if isinstance(event, CatalogItem.Refreshed):
+            known = index.rows.get(item_id)
+            if known is not None:
+                state = refreshed_state(
+                    known.state,
+                    provider=event.provider,
+                    external_id=event.external_id,
+                    external_url=event.external_url,
+                    synced_at=event.synced_at,
+                    changes=event.changes,
+                )
+                index.put(ItemRow(item_id, known.library_id, state, event.timestamp))
             return
         assert isinstance(event, CatalogItem.Upserted | CatalogItem.Changed)
         index.put(ItemRow(item_id, event.library_id, event.state, event.timestamp))

@@ -19,7 +19,15 @@ import msgspec
 from eventsourcing.domain import Aggregate
 
 from contracts.jobs import MetadataRefreshConfigDto
-from contracts.nats import AggregateType, EventEnvelope, JobRunRequested, Subjects
+from contracts.nats import (
+    AggregateType,
+    EventEnvelope,
+    FieldChange,
+    JobRunRequested,
+    MetadataRefreshed,
+    SkippedField,
+    Subjects,
+)
 from service.domain.catalog import Book, Library, Series
 from service.domain.jobs import LibraryJob
 
@@ -141,19 +149,38 @@ def outgoing(subjects: Subjects, position: int, event: Any, origin: Origin) -> O
     return Outgoing(subject, str(message.event_id), _encode(message))
 
 
-def work_item(subjects: Subjects, event: Any, origin: Origin) -> Outgoing | None:
-    """For a `RunRequested`: the `JobRunRequested` work item on `{p}.run.requested.<type>`, whose
-    `Nats-Msg-Id` is the run id (the executor's idempotency key). Other events: None."""
-    if not isinstance(event, LibraryJob.RunRequested):
-        return None
-    config = dict(event.config)
-    job_type = config.pop("type")
-    message = JobRunRequested(
-        run_id=event.run_id,
-        job_id=origin.public_id,
-        library_id=origin.library_id,
-        trigger=event.trigger,
-        scheduled_for=event.scheduled_for,
-        config=MetadataRefreshConfigDto(**config),
-    )
-    return Outgoing(subjects.run_requested(job_type), str(event.run_id), _encode(message))
+def derived_message(subjects: Subjects, event: Any, origin: Origin) -> Outgoing | None:
+    """What a stored event means besides its envelope, if anything:
+
+    - `RunRequested`: the `JobRunRequested` work item on `{p}.run.requested.<type>`, whose `Nats-Msg-Id`
+      is the run id (the executor's idempotency key);
+    - a refresh that changed a series or book: `MetadataRefreshed` on `{p}.metadata.refreshed.<libraryId>`,
+      whose `Nats-Msg-Id` is `uuid5(run id, item id)` (one per item and run).
+    """
+    if isinstance(event, LibraryJob.RunRequested):
+        config = dict(event.config)
+        job_type = config.pop("type")
+        message = JobRunRequested(
+            run_id=event.run_id,
+            job_id=origin.public_id,
+            library_id=origin.library_id,
+            trigger=event.trigger,
+            scheduled_for=event.scheduled_for,
+            config=MetadataRefreshConfigDto(**config),
+        )
+        return Outgoing(subjects.run_requested(job_type), str(event.run_id), _encode(message))
+    if isinstance(event, Series.Refreshed | Book.Refreshed) and event.changes:
+        refreshed = MetadataRefreshed(
+            run_id=event.run_id,
+            job_id=event.job_id,
+            library_id=origin.library_id,
+            item_type="book" if isinstance(event, Book.Refreshed) else "series",
+            item_id=origin.public_id,
+            provider=event.provider,
+            external_id=event.external_id,
+            changes={name: FieldChange(c["before"], c["after"]) for name, c in event.changes.items()},
+            skipped=[SkippedField(s["field"], s["reason"]) for s in event.skipped],  # type: ignore[arg-type]
+        )
+        msg_id = uuid5(event.run_id, str(origin.public_id))
+        return Outgoing(subjects.metadata_refreshed(origin.library_id), str(msg_id), _encode(refreshed))
+    return None

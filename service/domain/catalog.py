@@ -6,7 +6,7 @@ library or a job in the event store, however the ids were chosen.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Self
 from uuid import UUID, uuid5
 
@@ -117,6 +117,30 @@ class CatalogItem(Aggregate):
         def apply(self, aggregate: Any) -> None:
             aggregate.deleted = True
 
+    class Refreshed(Event):
+        """A refresh run fetched the item from its provider: the changed fields' values are written
+        (`changes`: field → {"before", "after"}), and the provider's external id gets `lastSyncedAt`
+        (added when the run matched the item). `skipped` lists selected fields not written, and why."""
+
+        run_id: UUID
+        job_id: UUID
+        provider: str
+        external_id: str
+        external_url: str | None
+        synced_at: datetime
+        changes: dict[str, dict[str, Any]]
+        skipped: list[dict[str, str]]
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.state = refreshed_state(
+                aggregate.state,
+                provider=self.provider,
+                external_id=self.external_id,
+                external_url=self.external_url,
+                synced_at=self.synced_at,
+                changes=self.changes,
+            )
+
     Created = Upserted
 
     def __init__(
@@ -178,6 +202,63 @@ class CatalogItem(Aggregate):
     def delete(self, *, at: datetime, actor: str | None, request_id: str | None) -> None:
         self.trigger_event(self.Deleted, timestamp=at, actor=actor, request_id=request_id)
 
+    def refresh(
+        self,
+        *,
+        run_id: UUID,
+        job_id: UUID,
+        provider: str,
+        external_id: str,
+        external_url: str | None,
+        changes: dict[str, dict[str, Any]],
+        skipped: list[dict[str, str]],
+        at: datetime,
+        actor: str | None,
+        request_id: str | None,
+    ) -> None:
+        self.trigger_event(
+            self.Refreshed,
+            run_id=run_id,
+            job_id=job_id,
+            provider=provider,
+            external_id=external_id,
+            external_url=external_url,
+            synced_at=at,
+            changes=changes,
+            skipped=skipped,
+            timestamp=at,
+            actor=actor,
+            request_id=request_id,
+        )
+
+
+def refreshed_state(
+    state: dict[str, Any],
+    *,
+    provider: str,
+    external_id: str,
+    external_url: str | None,
+    synced_at: datetime,
+    changes: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """An item's wire state after a refresh: new values, and `lastSyncedAt` on the provider's id."""
+    metadata = dict(state.get("metadata") or {})
+    for name, change in changes.items():
+        metadata[name] = change["after"]
+    synced = synced_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    ids = [dict(entry) for entry in state.get("externalIds") or []]
+    for entry in ids:
+        if entry.get("source") == provider:
+            entry["lastSyncedAt"] = synced
+            if entry.get("externalId") != external_id:  # the provider knows it by a new id now
+                entry["externalId"] = external_id
+            break
+    else:
+        ids.append(
+            {"source": provider, "externalId": external_id, "externalUrl": external_url, "lastSyncedAt": synced}
+        )
+    return {**state, "metadata": metadata, "externalIds": ids}
+
 
 class Series(CatalogItem):
     TOPIC = "libjobs:Series"
@@ -193,6 +274,9 @@ class Series(CatalogItem):
 
     class Deleted(Event, CatalogItem.Deleted):
         TOPIC = "libjobs:Series.Deleted"
+
+    class Refreshed(Event, CatalogItem.Refreshed):
+        TOPIC = "libjobs:Series.Refreshed"
 
     Created = Upserted
     aggregate_id = staticmethod(series_aggregate_id)
@@ -212,6 +296,9 @@ class Book(CatalogItem):
 
     class Deleted(Event, CatalogItem.Deleted):
         TOPIC = "libjobs:Book.Deleted"
+
+    class Refreshed(Event, CatalogItem.Refreshed):
+        TOPIC = "libjobs:Book.Refreshed"
 
     Created = Upserted
     aggregate_id = staticmethod(book_aggregate_id)

@@ -35,6 +35,23 @@ run (`missed`: recorded as skipped, so that the claims move past them)."""
 FinalRunStatus = Literal["success", "partial", "failure", "cancelled"]
 RECENT_RUNS_KEPT: Final = 32
 """How many finished run ids a job remembers, to record each run once (a bounded memory)."""
+PROGRESS_KEYS: Final = ("planned", "done", "succeeded", "failed", "skipped")
+"""The counts of `RunDto.progress`, in order."""
+SKIP_REASONS: Final = ("no_external_id", "recently_synced", "no_match", "locked_only")
+"""Why a run skipped an item (the keys of `RunDto.skipped`), in order."""
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """A run as the executor finds it when it (re)starts it: which attempt this is, when the first attempt
+    started (a resumed run plans against that instant, so its skips are the same), and what the attempts
+    before it stored (items refreshed, fields changed)."""
+
+    run_id: UUID
+    attempt: int
+    first_started_at: datetime
+    succeeded: int
+    fields_changed: int
 
 
 class Missing(Enum):
@@ -484,6 +501,43 @@ class LibraryJob(Aggregate):
         def apply(self, aggregate: Any) -> None:
             aggregate.last_fire = self.scheduled_for
 
+    class RunStarted(Event):
+        """An executor started (`attempt` 1) or, after a crash or a hand-back, resumed the run."""
+
+        TOPIC = "libjobs:LibraryJob.RunStarted"
+        run_id: UUID
+        attempt: int
+        started_at: datetime
+
+        def apply(self, aggregate: Any) -> None:
+            active: dict[str, dict[str, Any]] = aggregate.active_runs
+            known = active.get(str(self.run_id))
+            if known is None:
+                active[str(self.run_id)] = {
+                    "attempt": self.attempt,
+                    "first_started_at": self.started_at,
+                    "succeeded": 0,
+                    "fields_changed": 0,
+                }
+            else:
+                known["attempt"] = self.attempt
+
+    class RunProgressed(Event):
+        """How far the run is: cumulative counts (`progress` has the keys of `RunDto.progress`, `skipped`
+        those of `RunDto.skipped`), so the last one tells all."""
+
+        TOPIC = "libjobs:LibraryJob.RunProgressed"
+        run_id: UUID
+        progress: dict[str, int]
+        skipped: dict[str, int]
+        fields_changed: int
+
+        def apply(self, aggregate: Any) -> None:
+            known = aggregate.active_runs.get(str(self.run_id))
+            if known is not None:
+                known["succeeded"] = self.progress.get("succeeded", 0)
+                known["fields_changed"] = self.fields_changed
+
     class RunFinished(Event):
         """The outcome of a run (requested here or executed elsewhere); it ends the run in flight if it
         is that one. `counts` has the keys of `RunDto.progress`."""
@@ -499,6 +553,7 @@ class LibraryJob(Aggregate):
         def apply(self, aggregate: Any) -> None:
             if aggregate.current_run_id == self.run_id:
                 aggregate.current_run_id = None
+            aggregate.active_runs.pop(str(self.run_id), None)
             finished: dict[str, FinalRunStatus] = aggregate.finished_runs
             finished[str(self.run_id)] = self.status
             while len(finished) > RECENT_RUNS_KEPT:
@@ -522,6 +577,8 @@ class LibraryJob(Aggregate):
         self.last_fire: datetime | None = None
         # run id (text: copied cheaply with the aggregate out of the repository's cache) → status
         self.finished_runs: dict[str, FinalRunStatus] = {}
+        # runs an executor started and nobody finished yet: run id → attempt, first start, stored counts
+        self.active_runs: dict[str, dict[str, Any]] = {}
 
     @classmethod
     def create(
@@ -642,6 +699,66 @@ class LibraryJob(Aggregate):
             **stamp,
         )
 
+    def run_finished(self, run_id: UUID) -> FinalRunStatus | None:
+        """The status this run was recorded with, if it was (among the recent ones)."""
+        return self.finished_runs.get(str(run_id))
+
+    def start_run(self, run_id: UUID, *, at: datetime, actor: str | None, request_id: str | None) -> RunStart:
+        """Records that an executor (re)starts the run; the returned `RunStart` says which attempt it is.
+        The caller checks `run_finished` first: a finished run is not started again."""
+        if str(run_id) in self.finished_runs:
+            raise Conflict(f"Run {run_id} has finished already")
+        known = self.active_runs.get(str(run_id))
+        attempt = 1 if known is None else known["attempt"] + 1
+        self.trigger_event(
+            self.RunStarted,
+            run_id=run_id,
+            attempt=attempt,
+            started_at=at,
+            timestamp=at,
+            actor=actor,
+            request_id=request_id,
+        )
+        state = self.active_runs[str(run_id)]
+        return RunStart(
+            run_id=run_id,
+            attempt=attempt,
+            first_started_at=state["first_started_at"],
+            succeeded=state["succeeded"],
+            fields_changed=state["fields_changed"],
+        )
+
+    def run_attempts(self, run_id: UUID) -> int:
+        """How many times an executor started this unfinished run (0: never)."""
+        known = self.active_runs.get(str(run_id))
+        return 0 if known is None else int(known["attempt"])
+
+    def record_progress(
+        self,
+        run_id: UUID,
+        progress: Mapping[str, int],
+        skipped: Mapping[str, int],
+        fields_changed: int,
+        *,
+        at: datetime,
+        actor: str | None,
+        request_id: str | None,
+    ) -> bool:
+        """Records a started run's counts; False (nothing recorded) for a run not started or finished."""
+        if str(run_id) not in self.active_runs:
+            return False
+        self.trigger_event(
+            self.RunProgressed,
+            run_id=run_id,
+            progress={key: int(progress.get(key, 0)) for key in PROGRESS_KEYS},
+            skipped={key: int(skipped.get(key, 0)) for key in SKIP_REASONS},
+            fields_changed=fields_changed,
+            timestamp=at,
+            actor=actor,
+            request_id=request_id,
+        )
+        return True
+
     def finish_run(
         self,
         run_id: UUID,
@@ -659,7 +776,7 @@ class LibraryJob(Aggregate):
 
         Validation failures name the fields of `RecordRun` (SPEC §5).
         """
-        if self.deleted:
+        if self.deleted and status != "cancelled":  # a deleted job's run in flight ends cancelled
             raise NotFound("Job not found")
         if str(run_id) in self.finished_runs:
             return False

@@ -29,7 +29,7 @@ from uuid import UUID
 from nats.js import JetStreamContext
 
 from contracts.nats import MSG_ID_HEADER, Subjects
-from projections.envelopes import Origin, Outgoing, origin_of, outgoing, work_item
+from projections.envelopes import Origin, Outgoing, derived_message, origin_of, outgoing
 from service.adapters.follower import Batch
 
 log = logging.getLogger("libjobs.relay")
@@ -155,7 +155,7 @@ class Relay:
         for position, event in batch:
             origin = self._origins.of(event)
             messages.append(outgoing(self._subjects, position, event, origin))
-            item = work_item(self._subjects, event, origin)  # a run request also goes to the work queue
+            item = derived_message(self._subjects, event, origin)  # a work item, a metadata refresh
             if item is not None:
                 messages.append(item)
         return messages, batch[-1][0] if batch else after
