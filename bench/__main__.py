@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench import http_reads, nats, scheduler, visibility, writes
+from bench import executor, http_reads, nats, scheduler, visibility, writes
 from bench.common import Options, Result, table, write_json
 from bench.load import wrk_path
 
@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, Callable[[Options], list[Result]]] = {
     "visibility": visibility.run,
     "nats": nats.run,
     "scheduler": scheduler.run,
+    "executor": executor.run,
 }
 DEFAULT_OUT = Path("bench/results/latest.json")
 

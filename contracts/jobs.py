@@ -4,7 +4,7 @@ the schedule preview."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 from uuid import UUID
 
 import msgspec
@@ -113,6 +113,52 @@ class JobScheduleResponse(msgspec.Struct, rename="camel", kw_only=True):
     timezone: str
     fires: list[datetime]
     local_fires: list[datetime]
+
+
+DRY_RUN_SAMPLE_DEFAULT = 5
+DRY_RUN_SAMPLE_MAX = 20
+
+
+class DryRunRequest(msgspec.Struct, rename="camel", kw_only=True, forbid_unknown_fields=True):
+    """`POST …/dry-run`: plan with the saved config, or with `configOverride` (validated like a PATCH of
+    the config; its type must be the job's); ask the provider for `sampleSize` items (default 5; more
+    than 20 is capped at 20, as the reference server does; negative is a 400)."""
+
+    config_override: LibraryJobConfigInput | None = None
+    sample_size: int | None = None
+
+
+class DryRunFieldChange(msgspec.Struct):
+    before: Any
+    after: Any
+
+
+class DryRunSkippedField(msgspec.Struct):
+    field: str
+    reason: Literal["locked", "not_permitted", "unchanged"]
+
+
+class DryRunSampleItem(msgspec.Struct, rename="camel", kw_only=True):
+    """One sampled item and what a run would do to it. `seriesId`/`seriesName` are the item's id and
+    title (a book's, for book scopes); `itemType` says which."""
+
+    series_id: UUID
+    series_name: str
+    item_type: Literal["series", "book"]
+    changes: dict[str, DryRunFieldChange]
+    skipped: list[DryRunSkippedField]
+
+
+class DryRunResponse(msgspec.Struct, rename="camel", kw_only=True):
+    """What a run would change, with nothing written (SPEC §2.7). `totalEligible` counts the items a run
+    would ask the provider for; `planFailure` says why the provider could not be asked (e.g.
+    `plugin_unavailable: …`), the sample being empty then."""
+
+    total_eligible: int
+    est_skipped_no_id: int
+    est_skipped_recently_synced: int
+    plan_failure: str | None
+    sample: list[DryRunSampleItem]
 
 
 class FieldGroupDto(msgspec.Struct):

@@ -6,12 +6,12 @@ JSON>`, the JSON being one of these Structs; `type` repeats the SSE event name.
 
 from __future__ import annotations
 
-from typing import Any
 from uuid import UUID
 
 import msgspec
 
 from contracts.jobs import LibraryJobDto
+from contracts.runs import RunDto
 
 JOB_CHANGED = "job.changed"
 RUN_CHANGED = "run.changed"
@@ -32,13 +32,17 @@ class JobChanged(msgspec.Struct, tag=JOB_CHANGED, tag_field="type", rename="came
 
 
 class RunChanged(msgspec.Struct, tag=RUN_CHANGED, tag_field="type", rename="camel", kw_only=True):
-    """A run of a job was requested, progressed or finished; `run` is its `RunDto` after the change."""
+    """A run of a job was requested, started (or resumed), progressed or finished; `run` is its `RunDto`
+    after the change, as `GET …/runs/{runId}` serves it. One message per run per batch of events applied
+    together, after the `job.changed` messages of that batch. `run` is null when the run left the read
+    model: its job was deleted, or it was dropped as one of the oldest finished runs beyond the 100 kept
+    per job."""
 
     position: int
     library_id: UUID
     job_id: UUID
     run_id: UUID
-    run: dict[str, Any] | None
+    run: RunDto | None
 
 
 class StreamDropped(msgspec.Struct, tag=DROPPED, tag_field="type", kw_only=True):

@@ -118,13 +118,14 @@ class RunNowCommand(msgspec.Struct, rename="camel", kw_only=True, forbid_unknown
 class DryRunCommand(msgspec.Struct, rename="camel", kw_only=True, forbid_unknown_fields=True):
     """Plan a run without writing (``POST .../jobs/{jobId}/dry-run``); the result is a `DryRunResponse`.
 
-    `configOverride` replaces the saved config for this plan only; `sampleSize` is 0 to 20 (default 5).
+    `configOverride` replaces the saved config for this plan only; `sampleSize` defaults to 5, and more than
+    20 is capped at 20.
     """
 
     library_id: UUID
     job_id: UUID
     config_override: LibraryJobConfigInput | None = None
-    sample_size: int = 5
+    sample_size: int | None = None
 
 
 class RunCounts(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -15,6 +15,7 @@ from contracts.catalog import LibraryDto
 from projections.rows import ViewRow
 from service.domain.catalog import Book, CatalogItem, Library, Series, refreshed_state
 from service.domain.errors import ValidationFailed
+from service.domain.refresh import CatalogEntry, ExternalRef, ItemKind
 
 _encode = msgspec.json.encode
 SortKey = tuple[str, str]
@@ -38,6 +39,7 @@ class ItemRow:
     state: dict[str, Any]
     updated_at: datetime
     json: bytes = b""
+    entry: CatalogEntry | None = None  # as runs see it, made when first needed
 
     @property
     def sort_key(self) -> SortKey:
@@ -68,16 +70,20 @@ class ItemIndex:
     is_book: bool
     rows: dict[UUID, ItemRow] = field(default_factory=dict)
     order: dict[UUID, list[SortKey]] = field(default_factory=dict)
+    by_key: dict[str, ItemRow] = field(default_factory=dict)  # by the id in `order`'s keys
 
     def put(self, row: ItemRow) -> None:
         self.remove(row.id)
         row.json = _encode_item(row, self.is_book)
         self.rows[row.id] = row
-        bisect.insort(self.order.setdefault(row.library_id, []), row.sort_key)
+        key = row.sort_key
+        self.by_key[key[1]] = row
+        bisect.insort(self.order.setdefault(row.library_id, []), key)
 
     def remove(self, item_id: UUID) -> None:
         old = self.rows.pop(item_id, None)
         if old is not None:
+            del self.by_key[str(item_id)]
             keys = self.order[old.library_id]
             del keys[bisect.bisect_left(keys, old.sort_key)]
 
@@ -91,6 +97,37 @@ class ItemIndex:
 
     def ids_in(self, library_id: UUID) -> tuple[UUID, ...]:
         return tuple(UUID(k[1]) for k in self.order.get(library_id, []))
+
+    def entries(self, library_id: UUID) -> list[CatalogEntry]:
+        """A library's items as a refresh run plans with them, in title order. Each row's entry is made
+        once, when first asked for (a row is replaced, not changed, when its item changes)."""
+        kind: ItemKind = "book" if self.is_book else "series"
+        found = []
+        for sort_key, key in self.order.get(library_id, ()):
+            row = self.by_key[key]
+            if row.entry is None:
+                row.entry = _entry(kind, row, sort_key)
+            found.append(row.entry)
+        return found
+
+
+def _entry(kind: ItemKind, row: ItemRow, sort_key: str) -> CatalogEntry:
+    state = row.state
+    refs = {}
+    for ref in state.get("externalIds") or ():
+        synced = ref.get("lastSyncedAt")
+        refs[ref["source"]] = ExternalRef(
+            ref["externalId"], datetime.fromisoformat(synced) if synced else None
+        )
+    return CatalogEntry(
+        kind=kind,
+        id=row.id,
+        title=state["title"],
+        sort_key=sort_key,
+        metadata=state.get("metadata") or {},
+        locks=frozenset(state.get("locks") or ()),
+        external_ids=refs,
+    )
 
 
 class BadCursor(ValidationFailed):

@@ -4,8 +4,9 @@ The position is the notification id of the last applied event; it moves in the s
 so a reader that sees position P sees every event up to P.
 
 An owner may listen to job changes (`on_change`, live events): after each applied batch it hears one
-`JobChange` per job the batch changed, in store order, on the thread that applies. Loading persisted rows
-(`restore`) and `reset` are not changes anyone hears of.
+`JobChange` per job the batch changed, in store order, on the thread that applies; then, likewise, one
+`RunChange` per run the batch changed (`on_run_change`). Loading persisted rows (`restore`) and `reset`
+are not changes anyone hears of.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from uuid import UUID
 from projections.catalog import CatalogView
 from projections.jobs import JobRow, JobsView
 from projections.rows import ViewRow
+from projections.runs import RunRow, RunsView
 from service.ports import LibraryContents
 
 log = logging.getLogger("libjobs.projections")
@@ -31,25 +33,44 @@ class JobChange(NamedTuple):
     version: int  # the job's version after the change (deleted: the last version it had)
 
 
+class RunChange(NamedTuple):
+    position: int  # of the last event of the batch that changed the run
+    library_id: UUID
+    job_id: UUID
+    run_id: UUID
+    json: bytes | None  # the run's RunDto after the change; None: no longer kept (job deleted, retention)
+
+
 class ReadModels:
     def __init__(
-        self, *, default_timezone: str = "UTC", on_change: Callable[[JobChange], None] | None = None
+        self,
+        *,
+        default_timezone: str = "UTC",
+        on_change: Callable[[JobChange], None] | None = None,
+        on_run_change: Callable[[RunChange], None] | None = None,
     ) -> None:
         self._default_timezone = default_timezone
         self.on_change = on_change
+        self.on_run_change = on_run_change
         self.reset()
 
     def reset(self) -> None:
         """Back to the empty models of position 0."""
         self.jobs = JobsView(default_timezone=self._default_timezone)
         self.catalog = CatalogView()
+        self.runs = RunsView(library_of=self._job_library)
         self._position = 0
         self._dirty: set[tuple[str, str]] = set()
 
+    def _job_library(self, job_id: UUID) -> UUID | None:
+        row = self.jobs.rows.get(job_id)
+        return None if row is None else row.library_id
+
     def apply(self, batch: Iterable[tuple[int, Any]]) -> int:
-        listener = self.on_change
+        listener, run_listener = self.on_change, self.on_run_change
         # job id → (position, row) of its last change; kept only while someone listens
         changed: dict[UUID, tuple[int, JobRow]] | None = None if listener is None else {}
+        runs_changed: dict[UUID, tuple[int, RunRow]] | None = None if run_listener is None else {}
         for position, event in batch:
             if position <= self._position:
                 continue  # already applied: following is at-least-once, applying is exactly-once
@@ -59,10 +80,17 @@ class ReadModels:
                 if changed is not None:
                     changed.pop(row.id, None)  # re-inserted at the end: announced in store order
                     changed[row.id] = (position, row)
+            for run in self.runs.apply(event):  # after the jobs: a run needs its job's library
+                self._dirty.add(("run", str(run.id)))
+                if runs_changed is not None:
+                    runs_changed.pop(run.id, None)
+                    runs_changed[run.id] = (position, run)
             self._dirty.update(self.catalog.apply(event))
             self._position = position
         if changed and listener is not None:
             self._announce(listener, changed.values())
+        if runs_changed and run_listener is not None:
+            self._announce_runs(run_listener, runs_changed.values())
         return self._position
 
     def _announce(self, listener: Callable[[JobChange], None], changes: Iterable[tuple[int, JobRow]]) -> None:
@@ -76,13 +104,29 @@ class ReadModels:
             except Exception:  # a listener must not stop the models from following the store
                 log.exception("a job change listener failed")
 
+    def _announce_runs(
+        self, listener: Callable[[RunChange], None], changes: Iterable[tuple[int, RunRow]]
+    ) -> None:
+        """One change per run of the batch, in store order, after the jobs' changes."""
+        for position, row in changes:
+            json = row.json if row.id in self.runs.rows else None
+            try:
+                listener(RunChange(position, row.library_id, row.job_id, row.id, json))
+            except Exception:  # a listener must not stop the models from following the store
+                log.exception("a run change listener failed")
+
     # --- persistence --------------------------------------------------------------------------------
 
     def take_changes(self) -> tuple[int, list[ViewRow], list[tuple[str, str]]]:
         """The rows changed since the last call: (position, rows to write, (kind, key) to delete)."""
         upserts, deletes = [], []
         for kind, key in sorted(self._dirty):
-            row = self.jobs.row(UUID(key)) if kind == "job" else self.catalog.row(kind, key)
+            if kind == "job":
+                row = self.jobs.row(UUID(key))
+            elif kind == "run":
+                row = self.runs.row(UUID(key))
+            else:
+                row = self.catalog.row(kind, key)
             if row is None:
                 deletes.append((kind, key))
             else:
@@ -94,13 +138,15 @@ class ReadModels:
         self._dirty.clear()
 
     def dump(self) -> tuple[int, list[ViewRow]]:
-        return self._position, [*self.jobs.dump(), *self.catalog.dump()]
+        return self._position, [*self.jobs.dump(), *self.catalog.dump(), *self.runs.dump()]
 
     def restore(self, position: int, rows: Iterable[ViewRow]) -> None:
         """Loads persisted rows (aliases first: other rows' events refer to them)."""
         for row in sorted(rows, key=lambda r: r.kind != "alias"):
             if row.kind == "job":
                 self.jobs.restore(row)
+            elif row.kind == "run":
+                self.runs.restore(row)
             else:
                 self.catalog.restore(row)
         self._position = position
@@ -119,6 +165,18 @@ class ReadModels:
 
     def job_cron(self, library_id: UUID, job_id: UUID) -> tuple[str, str] | None:
         return self.jobs.job_cron(library_id, job_id)
+
+    def runs_page_json(self, library_id: UUID, job_id: UUID, cursor: str | None, limit: int) -> bytes | None:
+        """A page of the job's runs, newest first; None when it is not a live job of this library."""
+        if self._job_library(job_id) != library_id:
+            return None
+        return self.runs.runs_page_json(library_id, job_id, cursor, limit)
+
+    def run_json(self, library_id: UUID, job_id: UUID, run_id: UUID) -> bytes | None:
+        """The run's `RunDto`; None when it is not a kept run of a live job of this library."""
+        if self._job_library(job_id) != library_id:
+            return None
+        return self.runs.run_json(library_id, job_id, run_id)
 
     def library_exists(self, library_id: UUID) -> bool:
         return self.catalog.library_exists(library_id)

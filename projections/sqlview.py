@@ -23,7 +23,7 @@ from psycopg.sql import SQL, Identifier
 
 from projections.rows import ViewRow
 
-VIEWS_NAME = "views_v1"
+VIEWS_NAME = "views_v2"
 RELAY_NAME = "relay_v1"  # the relay (service.adapters.nats.relay) keeps only its position here
 TABLE = "libjobs_view_rows"
 

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
@@ -36,6 +36,8 @@ from service.domain.jobs import (
     LibraryJob,
     PatchDraft,
     ProviderLookup,
+    RefreshConfig,
+    RunStart,
     ValidationPolicy,
     validate_create,
     validate_patch,
@@ -57,6 +59,28 @@ class Saved:
     id: UUID
     position: int | None
     created: bool = False
+
+
+@dataclass(frozen=True)
+class ItemRefresh:
+    """One series or book a run fetched: what it writes, for `record_items`."""
+
+    kind: Literal["series", "book"]
+    item_id: UUID
+    provider: str
+    external_id: str
+    external_url: str | None
+    changes: dict[str, dict[str, Any]]
+    skipped: list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class RunCounts:
+    """A run's cumulative counts: `progress` (RunDto.progress), `skipped` by reason, fields changed."""
+
+    progress: Mapping[str, int]
+    skipped: Mapping[str, int]
+    fields_changed: int
 
 
 @dataclass(frozen=True)
@@ -260,6 +284,126 @@ class LibraryJobs(Application[UUID]):
             return saved, job.finished_runs[str(run_id)]
 
         return _retry_on_conflict(attempt)
+
+    # --- the executor's commands ---------------------------------------------------------------------
+
+    def start_run(
+        self, job_id: UUID, run_id: UUID, ctx: CommandContext, *, max_attempts: int
+    ) -> RunStart | FinalRunStatus:
+        """An executor takes the run: `RunStarted` (attempt 1, or the next after a crash), and the
+        `RunStart` to continue from. Instead, the run's final status when there is nothing to run: it
+        was recorded already, its job was deleted (`cancelled`, recorded now), or `max_attempts`
+        attempts have started it already (`failure`, recorded now). NotFound for an unknown job."""
+
+        def attempt() -> RunStart | FinalRunStatus:
+            job = self._get(job_id, LibraryJob)
+            if job is None:
+                raise NotFound("Job not found")
+            done = job.run_finished(run_id)
+            if done is not None:
+                return done
+            now = self.clock.now()
+            stamp: dict[str, Any] = {"at": now, "actor": ctx.actor, "request_id": ctx.request_id}
+            if job.deleted:
+                message = "Cancelled: the job was deleted"
+                job.finish_run(run_id, "cancelled", message=message, started_at=now, finished_at=now,
+                               counts={}, **stamp)  # fmt: skip
+            elif job.run_attempts(run_id) >= max_attempts:
+                message = f"Gave up after {max_attempts} attempts (the executor failed or stopped each time)"
+                job.finish_run(run_id, "failure", message=message, started_at=now, finished_at=now,
+                               counts={}, **stamp)  # fmt: skip
+            else:
+                start = job.start_run(run_id, **stamp)
+                self._save(job)
+                return start
+            self._save(job)
+            return job.finished_runs[str(run_id)]
+
+        return _retry_on_conflict(attempt)
+
+    def record_items(
+        self,
+        job_id: UUID,
+        run_id: UUID,
+        items: Sequence[ItemRefresh],
+        counts: RunCounts,
+        ctx: CommandContext,
+    ) -> int | None:
+        """Stores what a run did to some items (each item's `Refreshed`) with the run's counts after
+        them (`RunProgressed`), atomically: a resumed run finds its counts and its items agreeing.
+        Items deleted meanwhile are left alone. Returns the position (None: nothing stored)."""
+
+        def attempt() -> int | None:
+            job = self._get(job_id, LibraryJob)
+            if job is None:
+                raise NotFound("Job not found")
+            now = self.clock.now()
+            stamp: dict[str, Any] = {"at": now, "actor": ctx.actor, "request_id": ctx.request_id}
+            changed: list[Any] = []
+            for item in items:
+                kind = Series if item.kind == "series" else Book
+                aggregate = self._get(kind.aggregate_id(item.item_id), kind)
+                if aggregate is None or aggregate.deleted:
+                    continue
+                aggregate.refresh(
+                    run_id=run_id,
+                    job_id=job_id,
+                    provider=item.provider,
+                    external_id=item.external_id,
+                    external_url=item.external_url,
+                    changes=item.changes,
+                    skipped=item.skipped,
+                    **stamp,
+                )
+                changed.append(aggregate)
+            if job.record_progress(run_id, counts.progress, counts.skipped, counts.fields_changed, **stamp):
+                changed.append(job)
+            return self._save(*changed) if changed else None
+
+        return _retry_on_conflict(attempt)
+
+    def finish_run(
+        self,
+        job_id: UUID,
+        run_id: UUID,
+        status: FinalRunStatus,
+        message: str,
+        started_at: datetime,
+        counts: RunCounts,
+        ctx: CommandContext,
+    ) -> Saved:
+        """The executor's end of a run: its last counts and its outcome, in one save."""
+
+        def attempt() -> Saved:
+            job = self._get(job_id, LibraryJob)
+            if job is None:
+                raise NotFound("Job not found")
+            now = self.clock.now()
+            stamp: dict[str, Any] = {"at": now, "actor": ctx.actor, "request_id": ctx.request_id}
+            job.record_progress(run_id, counts.progress, counts.skipped, counts.fields_changed, **stamp)
+            recorded = job.finish_run(
+                run_id,
+                status,
+                message=message,
+                started_at=min(started_at, now),
+                finished_at=now,
+                counts=counts.progress,
+                **stamp,
+            )
+            return Saved(job.id, self._save(job) if recorded else None)
+
+        return _retry_on_conflict(attempt)
+
+    def dry_run_config(
+        self, library_id: UUID, job_id: UUID, override: PatchDraft | None
+    ) -> tuple[LibraryJob, RefreshConfig]:
+        """The job and the config a dry run plans with: the saved one, or the override validated like a
+        PATCH of the config (SPEC §2.7)."""
+        job = self.job(library_id, job_id)
+        if override is None:
+            return job, job.definition.config
+        definition, _ = validate_patch(job.definition, job.enabled, override, self.policy, self.providers)
+        return job, definition.config
 
     def job(self, library_id: UUID, job_id: UUID) -> LibraryJob:
         """The live job of this library; NotFound for a deleted job or another library's job."""

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from functools import partial
 from typing import Any, TypeVar
+from uuid import UUID
 
 from litestar import Litestar
 from litestar.types import ASGIApp
@@ -48,9 +49,11 @@ from service.adapters.store import (
 )
 from service.application import LibraryJobs
 from service.domain.jobs import ValidationPolicy
+from service.domain.refresh import CatalogEntry, ItemKind
 from service.domain.timetable import Fire
 from service.entrypoints import cli
 from service.entrypoints.asyncapi import asyncapi_yaml
+from service.entrypoints.executor import RefreshExecutor, RunConsumer
 from service.entrypoints.http.app import create_app, with_request_context
 from service.entrypoints.http.auth import Authenticator, sha256_hex
 from service.entrypoints.http.common import HttpServices
@@ -82,7 +85,11 @@ class Service:
         self.executor = ThreadPoolExecutor(max_workers=settings.store_pool_size, thread_name_prefix="store")
         self.clock: Clock = clock or SystemClock()
         self.live = LiveEvents()
-        self.models = ReadModels(default_timezone=settings.default_timezone, on_change=self._job_changed)
+        self.models = ReadModels(
+            default_timezone=settings.default_timezone,
+            on_change=self._job_changed,
+            on_run_change=self.live.run_changed,
+        )
         self.scheduler = (
             Scheduler(
                 claim=self._claim_fires,
@@ -137,8 +144,24 @@ class Service:
                 None if settings.database_url else SqliteChangeProbe(sqlite_events_file(settings.data_dir))
             ),
         )
+        self.refresher = RefreshExecutor(
+            commands=self.commands,
+            run_sync=self.run_sync,
+            catch_up=self.follower.catch_up,
+            catalog=self._catalog_entries,
+            job_enabled=self._job_enabled,
+            providers=self.plugins,
+            clock=self.clock,
+            max_attempts=settings.run_max_attempts,
+            on_run_ended=self.metrics.observe_run,
+        )
+        self.run_consumer = (
+            RunConsumer(self.refresher, max_runs=settings.executor_runs, ack_wait_s=settings.run_ack_wait_s)
+            if "executor" in settings.roles
+            else None
+        )
         self.subjects = Subjects(settings.nats_prefix)
-        self.stream_settings = StreamSettings()
+        self.stream_settings = StreamSettings(run_ack_wait_s=settings.run_ack_wait_s)
         self.embedded_nats = None if settings.nats_urls else DataDirNats(settings.data_dir)
         self.nats: NatsLink | None = None
         self.command_subscription: CommandSubscription | None = None
@@ -196,6 +219,14 @@ class Service:
             row = self.models.jobs.rows.get(change.job_id)
             self.scheduler.job_changed(change.job_id, None if row is None else self._job_times(row))
 
+    def _catalog_entries(self, library_id: UUID, kind: ItemKind) -> list[CatalogEntry]:
+        index = self.models.catalog.books if kind == "book" else self.models.catalog.series
+        return index.entries(library_id)
+
+    def _job_enabled(self, job_id: UUID) -> bool | None:
+        row = self.models.jobs.rows.get(job_id)
+        return None if row is None else row.enabled
+
     def _job_times(self, row: JobRow) -> JobTimes:
         definition = row.definition
         timezone = definition.timezone or self.settings.default_timezone
@@ -217,6 +248,8 @@ class Service:
         await self._ensure_streams(js)
         if "projector" in self.settings.roles:
             self.relay.start(js)
+        if self.run_consumer is not None:
+            self.run_consumer.start(js)
         if "api" in self.settings.roles and self.command_subscription is None:  # this step may be retried
             self.command_subscription = await serve_commands(client, self._command_responder())
 
@@ -228,6 +261,7 @@ class Service:
             run_sync=self.run_sync,
             idempotency=self.idempotency,
             max_payload_bytes=self.settings.max_body_bytes,
+            dry_run=self.refresher.dry_run,
         )
         return CommandResponder(services, self.subjects)
 
@@ -252,6 +286,8 @@ class Service:
     async def _stop_nats(self) -> None:
         if self.command_subscription is not None:
             await self.command_subscription.drain()
+        if self.run_consumer is not None:
+            await self.run_consumer.stop()
         await self.relay.stop()
         if self.nats is not None:
             await self.nats.close()
@@ -419,6 +455,7 @@ class Service:
             metrics=self.metrics,
             max_body_bytes=self.settings.max_body_bytes,
             live=self.live,
+            dry_run=self.refresher.dry_run,
         )
         app = create_app(services, api="api" in self.settings.roles)
         app.on_startup.append(self.start)

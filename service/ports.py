@@ -5,8 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
 from uuid import UUID
+
+if TYPE_CHECKING:
+    from contracts.jobs import DryRunResponse
+    from service.domain.jobs import PatchDraft
 
 T = TypeVar("T")
 
@@ -49,6 +53,12 @@ class ReadModelQueries(Protocol):
     def series_page_json(self, library_id: UUID, cursor: str | None, limit: int) -> bytes: ...
     def book_json(self, library_id: UUID, book_id: UUID) -> bytes | None: ...
     def books_page_json(self, library_id: UUID, cursor: str | None, limit: int) -> bytes: ...
+    # a job's runs (`ListRunsResponse`, newest first) and one `RunDto`; None: not a live job of the library
+    def runs_page_json(
+        self, library_id: UUID, job_id: UUID, cursor: str | None, limit: int
+    ) -> bytes | None: ...
+    # None also when the run is not one of the job's kept runs
+    def run_json(self, library_id: UUID, job_id: UUID, run_id: UUID) -> bytes | None: ...
     def position(self) -> int: ...
 
 
@@ -107,3 +117,38 @@ class LiveFeed(Protocol):
     def subscribe(
         self, *, library_id: UUID | None = None, kinds: frozenset[str] | None = None
     ) -> LiveSubscription: ...
+
+
+# --- provider plugins, as the executor sees them -------------------------------------------------------
+
+
+class ProviderFailure(Exception):
+    """A provider call failed. `reason` is a stable word (`timeout`, `crashed`, `bad_reply`, `error`,
+    `not_found`, `not_supported` (no such method), `rate_limited`, or why the plugin is unavailable);
+    `retry_after_s` comes with `rate_limited`. Messages never contain credentials."""
+
+    def __init__(self, message: str, *, reason: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+
+
+class ProviderUnavailable(ProviderFailure):
+    """The plugin cannot be used at all: not configured (`plugin_missing`), disabled (`plugin_disabled`)
+    or it cannot start (`plugin_unavailable`). Every later call would fail the same way."""
+
+
+class Providers(Protocol):
+    """Calls provider plugins (`name` without `plugin:`); raises `ProviderFailure` on any failure."""
+
+    def permissions(self, name: str) -> tuple[str, ...] | None: ...  # None: not configured
+    def enabled(self, name: str) -> bool: ...
+    async def call(self, name: str, method: str, params: dict[str, Any]) -> Any: ...
+
+
+class DryRun(Protocol):
+    """Plans a run of the job without writing (SPEC §2.7); the override replaces the saved config."""
+
+    def __call__(
+        self, library_id: UUID, job_id: UUID, override: PatchDraft | None, sample_size: int, /
+    ) -> Awaitable[DryRunResponse]: ...

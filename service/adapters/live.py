@@ -17,8 +17,8 @@ from uuid import UUID
 
 import msgspec
 
-from contracts.live import DROPPED, JOB_CHANGED, StreamDropped
-from projections.readmodels import JobChange
+from contracts.live import DROPPED, JOB_CHANGED, RUN_CHANGED, StreamDropped
+from projections.readmodels import JobChange, RunChange
 from service.ports import LiveMessage
 
 log = logging.getLogger("libjobs.live")
@@ -100,7 +100,8 @@ class Subscription:
 
 
 class LiveEvents:
-    """The broadcaster (`service.ports.LiveFeed`); `job_changed` listens to the read models."""
+    """The broadcaster (`service.ports.LiveFeed`); `job_changed` and `run_changed` listen to the read
+    models."""
 
     def __init__(self, *, max_queued: int = MAX_QUEUED, idle_s: float | None = IDLE_S) -> None:
         self._max_queued = max_queued
@@ -157,6 +158,17 @@ class LiveEvents:
         # the DTO bytes are embedded as they are, never decoded and encoded again
         data = head.encode() + (b"null" if change.json is None else change.json) + b"}"
         self.publish(JOB_CHANGED, data, id=str(change.position), library_id=change.library_id)
+
+    def run_changed(self, change: RunChange) -> None:
+        """The read models' run listener: one `run.changed` message (`contracts.live.RunChanged`)."""
+        if not self._subscriptions:
+            return
+        head = (
+            f'{{"type":"{RUN_CHANGED}","position":{change.position},"libraryId":"{change.library_id}",'
+            f'"jobId":"{change.job_id}","runId":"{change.run_id}","run":'
+        )
+        data = head.encode() + (b"null" if change.json is None else change.json) + b"}"
+        self.publish(RUN_CHANGED, data, id=str(change.position), library_id=change.library_id)
 
     def close(self) -> None:
         """Ends every subscription once it has taken what is queued for it, and any made later (shutdown)."""

@@ -72,6 +72,12 @@ class Metrics:
             registry=self.registry,
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 30, 300, 3600),
         )
+        self.runs = Counter(
+            "libjobs_runs_total",
+            "Runs this process's executor ended, by outcome",
+            ["status"],
+            registry=self.registry,
+        )
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
@@ -89,6 +95,9 @@ class Metrics:
         self.projection_position.set_function(projection_position)
         self.store_position.set_function(store_position)
         self.projection_lag.set_function(lambda: max(0, store_position() - projection_position()))
+
+    def observe_run(self, status: str) -> None:
+        self.runs.labels(status=status).inc()
 
     def observe_fire(self, fire: Any, delay_s: float) -> None:
         self.fires.labels(fire.trigger).inc()

@@ -255,7 +255,12 @@ def refreshed_state(
             break
     else:
         ids.append(
-            {"source": provider, "externalId": external_id, "externalUrl": external_url, "lastSyncedAt": synced}
+            {
+                "source": provider,
+                "externalId": external_id,
+                "externalUrl": external_url,
+                "lastSyncedAt": synced,
+            }
         )
     return {**state, "metadata": metadata, "externalIds": ids}
 

@@ -6,7 +6,14 @@ from typing import Any
 
 import msgspec
 
-from contracts.jobs import CreateLibraryJobRequest, MetadataRefreshConfigInput, PatchLibraryJobRequest
+from contracts.jobs import (
+    DRY_RUN_SAMPLE_DEFAULT,
+    DRY_RUN_SAMPLE_MAX,
+    CreateLibraryJobRequest,
+    DryRunRequest,
+    MetadataRefreshConfigInput,
+    PatchLibraryJobRequest,
+)
 from service.domain.errors import ValidationFailed
 from service.domain.jobs import MISSING, ConfigDraft, CreateDraft, Missing, PatchDraft
 
@@ -64,3 +71,13 @@ def patch_draft(body: PatchLibraryJobRequest) -> PatchDraft:
         timezone=_tri(body.timezone),
         config=config_draft(config) if isinstance(config, MetadataRefreshConfigInput) else _tri(config),
     )
+
+
+def dry_run_input(body: DryRunRequest) -> tuple[PatchDraft | None, int]:
+    """The config override (as a PATCH of the config) and the sample size of a dry run."""
+    size = DRY_RUN_SAMPLE_DEFAULT if body.sample_size is None else body.sample_size
+    if size < 0:
+        raise ValidationFailed("sampleSize", "out_of_range", f"sampleSize must not be negative, got {size}")
+    override = body.config_override
+    draft = None if override is None else PatchDraft(config=config_draft(override))
+    return draft, min(size, DRY_RUN_SAMPLE_MAX)

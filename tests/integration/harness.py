@@ -45,8 +45,8 @@ WITH_SCHEDULER = QUIET_ROLES | {"scheduler"}
 
 
 def make_settings(tmp_path: Path, database_url: str | None, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {"roles": QUIET_ROLES, **overrides}
-    return Settings(data_dir=tmp_path / "data", database_url=database_url, plugins=PLUGINS, **values)
+    values: dict[str, Any] = {"roles": QUIET_ROLES, "plugins": PLUGINS, **overrides}
+    return Settings(data_dir=tmp_path / "data", database_url=database_url, **values)
 
 
 @dataclass

@@ -51,6 +51,7 @@ def responder(service: Service) -> CommandResponder:
         wait_for=service.follower.wait_for,
         run_sync=service.run_sync,
         idempotency=service.idempotency,
+        dry_run=service.refresher.dry_run,
     )
     return CommandResponder(services, SUBJECTS)
 
@@ -376,16 +377,24 @@ async def test_a_catalogue_of_bad_messages_gets_exact_error_replies(
     assert job_count(service, library_id) == 1  # none of these changed anything
 
 
-async def test_a_command_the_application_cannot_run_yet_is_503_after_its_payload_is_checked(
-    responder: CommandResponder,
+async def test_a_dry_run_answers_what_http_answers(
+    responder: CommandResponder, http: httpx.AsyncClient
 ) -> None:
-    job = {"libraryId": str(uuid4()), "jobId": str(uuid4())}
-    assert await failed(responder, "job.dry_run", {**job, "sampleSize": 3}) == {
-        "status": 503,
-        "error": "ServiceUnavailable",
-        "message": "job.dry_run is not available yet",
-    }
-    assert (await failed(responder, "job.dry_run", {**job, "bogus": 1}))["status"] == 400
+    library_id = await new_library(responder)
+    job_id = await new_job(responder, library_id)
+    body = {"configOverride": config(fieldGroups=["status"]), "sampleSize": 50}
+    over_nats = await ok(responder, "job.dry_run", {**body, "libraryId": library_id, "jobId": job_id})
+    response = await http.post(f"/libraries/{library_id}/jobs/{job_id}/dry-run", json=body)
+    assert response.status_code == 200
+    assert over_nats == response.json()
+    # the test plugin's command is `false`: the provider cannot be asked, which is a plan failure, not an error
+    assert over_nats["planFailure"].startswith("plugin_unavailable: ")
+    assert (over_nats["totalEligible"], over_nats["sample"]) == (0, [])
+    unknown = {"libraryId": library_id, "jobId": str(uuid4())}
+    assert (await failed(responder, "job.dry_run", unknown))["status"] == 404
+    negative = await failed(responder, "job.dry_run", {**unknown, "sampleSize": -1})
+    assert negative["details"] == {"field": "sampleSize", "code": "out_of_range"}
+    assert (await failed(responder, "job.dry_run", {**unknown, "bogus": 1}))["status"] == 400
 
 
 # --- runs -------------------------------------------------------------------------------------------------

@@ -261,6 +261,123 @@ async def test_concurrent_calls_overlap_in_one_process(
     assert json.loads(await asyncio.to_thread(stats.read_text))["maxInFlight"] == 6
 
 
+async def _write_data(path: Path, **changes: Any) -> None:
+    await asyncio.to_thread(path.write_text, json.dumps({**DATA, **changes}))
+
+
+async def _stats(path: Path) -> dict[str, Any]:
+    stats: dict[str, Any] = json.loads(await asyncio.to_thread(path.read_text))
+    return stats
+
+
+async def test_a_hung_fixture_call_times_out_and_the_next_call_is_served(
+    make_host: MakeHost, data_file: Path, tmp_path: Path
+) -> None:
+    await _write_data(data_file, hangIds=["s-h"])
+    stats = tmp_path / "stats.json"
+    host = make_host(
+        fixture_spec(data_file, env={"LIBJOBS_FIXTURE_STATS": str(stats)}),
+        call_timeout_s=0.5,
+        ping_timeout_s=1.0,
+    )
+    await host.manifest("fixture")
+    pid = host.pid("fixture")
+
+    started = time.monotonic()
+    with pytest.raises(PluginTimeout, match=r"did not answer metadata/series/get within 0\.5s"):
+        await host.call("fixture", "metadata/series/get", {"externalId": "s-h"})
+    assert time.monotonic() - started < 2
+
+    # only that call hangs: the fixture answers the health-check ping, so the process is kept
+    assert (await host.call("fixture", "metadata/series/get", {"externalId": "s-1"}))["title"] == "One Piece"
+    assert host.pid("fixture") == pid
+    written = await _stats(stats)
+    assert written["calls"] == 2
+    assert written["maxInFlight"] == 2  # the hung call is still in flight
+    assert written["methods"]["ping"] == 1
+
+
+async def test_a_crashing_fixture_call_fails_and_the_next_call_restarts_it(
+    make_host: MakeHost, data_file: Path, tmp_path: Path
+) -> None:
+    await _write_data(data_file, crashIds=["s-c"])
+    stats = tmp_path / "stats.json"
+    host = make_host(fixture_spec(data_file, env={"LIBJOBS_FIXTURE_STATS": str(stats)}))
+    await host.manifest("fixture")
+    pid = host.pid("fixture")
+
+    with pytest.raises(PluginUnavailable, match=r"exited with code 3.*crashing on purpose on s-c") as err:
+        await host.call("fixture", "metadata/series/get", {"externalId": "s-c"})
+    assert err.value.reason == "exited"
+    assert _gone(pid)
+    written = await _stats(stats)  # counted before the process exited
+    assert (written["calls"], written["methods"]["metadata/series/get"]) == (1, 1)
+
+    assert (await host.call("fixture", "metadata/series/get", {"externalId": "s-1"}))["title"] == "One Piece"
+    assert host.pid("fixture") not in (None, pid)
+    written = await _stats(stats)  # the new process's own count
+    assert (written["calls"], written["methods"]["initialize"]) == (1, 1)
+
+
+async def test_fixture_garbage_is_logged_and_ignored_and_the_call_times_out(
+    make_host: MakeHost, data_file: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="service.adapters.plugins.host")
+    await _write_data(data_file, garbageIds=["b-g"])
+    stats = tmp_path / "stats.json"
+    host = make_host(
+        fixture_spec(data_file, env={"LIBJOBS_FIXTURE_STATS": str(stats)}),
+        call_timeout_s=0.5,
+        ping_timeout_s=1.0,
+    )
+    await host.manifest("fixture")
+    pid = host.pid("fixture")
+
+    with pytest.raises(PluginTimeout, match="metadata/book/get"):
+        await host.call("fixture", "metadata/book/get", {"externalId": "b-g"})
+
+    assert "a line that is not JSON-RPC on stdout (ignored): 'this is not json'" in caplog.text
+    assert """neither a request nor a response on stdout (ignored): '{"garbage": true}'""" in caplog.text
+    assert (await host.call("fixture", "metadata/book/get", {"externalId": "b-1"}))["title"] == "Romance Dawn"
+    assert host.pid("fixture") == pid
+    written = await _stats(stats)
+    assert (written["calls"], written["maxInFlight"]) == (2, 1)
+
+
+async def test_fixture_per_id_delays(
+    make_host: MakeHost, data_file: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="service.adapters.plugins.host")
+    await _write_data(data_file, delayByIdMs={"s-1": 600}, rateLimitIds={})
+    stats = tmp_path / "stats.json"
+    host = make_host(fixture_spec(data_file, env={"LIBJOBS_FIXTURE_STATS": str(stats)}), ping_timeout_s=1.0)
+    await host.manifest("fixture")
+    pid = host.pid("fixture")
+    finished: list[str] = []
+
+    async def get(external_id: str, timeout_s: float | None = None) -> Any:
+        result = await host.call(
+            "fixture", "metadata/series/get", {"externalId": external_id}, timeout_s=timeout_s
+        )
+        finished.append(external_id)
+        return result
+
+    await asyncio.gather(get("s-1"), get("s-2"))
+    assert finished == ["s-2", "s-1"]  # only s-1 is slow, and it did not hold s-2 up
+    assert (await _stats(stats))["maxInFlight"] == 2
+
+    with pytest.raises(PluginTimeout, match=r"within 0\.2s"):
+        await get("s-1", timeout_s=0.2)
+    assert (await get("s-2"))["title"] == "Naruto"  # served while the timed-out call is still running
+    for _ in range(100):  # the late reply to the timed-out call arrives (~0.6 s) and is dropped
+        if "ignored a reply to unknown or finished call" in caplog.text:
+            break
+        await asyncio.sleep(0.05)
+    assert "ignored a reply to unknown or finished call" in caplog.text
+    assert (await get("s-1"))["title"] == "One Piece"
+    assert host.pid("fixture") == pid
+
+
 async def test_a_hanging_call_times_out_and_the_hung_plugin_is_restarted(
     make_host: MakeHost, bad_script: Path
 ) -> None:

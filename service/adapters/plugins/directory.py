@@ -1,16 +1,29 @@
-"""The configured plugins as the rest of the service sees them: for `GET /plugins` and for validation."""
+"""The configured plugins as the rest of the service sees them: for `GET /plugins`, for validation, and as
+the executor's `Providers` (plugin errors translated into the port's `ProviderFailure`)."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
 from collections.abc import Callable
+from typing import Any
 
 from contracts.jobs import PluginDto
 from service.adapters.plugins.host import PluginHost
-from service.adapters.plugins.protocol import Manifest, PluginError
+from service.adapters.plugins.protocol import (
+    METHOD_NOT_FOUND,
+    NOT_FOUND,
+    Manifest,
+    PluginCallError,
+    PluginError,
+    PluginProtocolError,
+    PluginRateLimited,
+    PluginTimeout,
+    PluginUnavailable,
+)
 from service.domain.errors import Unavailable
 from service.domain.jobs import ProviderInfo
+from service.ports import ProviderFailure, ProviderUnavailable
 
 
 class PluginDirectory:
@@ -70,3 +83,41 @@ class PluginDirectory:
                 )
             )
         return plugins
+
+    # --- Providers (the executor's port) --------------------------------------------------------------
+
+    def permissions(self, name: str) -> tuple[str, ...] | None:
+        spec = self._host.spec(name)
+        return None if spec is None else spec.permissions
+
+    def enabled(self, name: str) -> bool:
+        spec = self._host.spec(name)
+        return spec is not None and spec.enabled
+
+    async def call(self, name: str, method: str, params: dict[str, Any]) -> Any:
+        try:
+            return await self._host.call(name, method, params)
+        except PluginError as e:
+            raise provider_failure(e) from None
+
+
+def provider_failure(error: PluginError) -> ProviderFailure:
+    """The port's view of a plugin failure: a stable reason word and the message."""
+    message = str(error)
+    if isinstance(error, PluginUnavailable):
+        if error.reason in ("not_configured", "disabled", "start_failed", "closed"):
+            reason = {"not_configured": "plugin_missing", "disabled": "plugin_disabled"}.get(
+                error.reason, "plugin_unavailable"
+            )
+            return ProviderUnavailable(message, reason=reason)
+        return ProviderFailure(message, reason="crashed")  # it died during the call: the next restarts it
+    if isinstance(error, PluginRateLimited):
+        return ProviderFailure(message, reason="rate_limited", retry_after_s=error.retry_after_s)
+    if isinstance(error, PluginCallError):
+        reason = {NOT_FOUND: "not_found", METHOD_NOT_FOUND: "not_supported"}.get(error.code, "error")
+        return ProviderFailure(message, reason=reason)
+    if isinstance(error, PluginTimeout):
+        return ProviderFailure(message, reason="timeout")
+    if isinstance(error, PluginProtocolError):
+        return ProviderFailure(message, reason="bad_reply")
+    return ProviderFailure(message, reason="error")

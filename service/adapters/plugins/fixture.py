@@ -17,10 +17,22 @@ Data file (JSON; every key optional, unknown keys rejected; re-read when the fil
       "matches": {"one piece (2023)": "s-1"},  # lower-cased title → series externalId (checked first)
       "bookMatches": {"romance dawn": "b-1"},  # lower-cased title → book externalId (checked first)
       "delayMs": 0,                            # sleep before answering every metadata/* call
+      "delayByIdMs": {"s-3": 500},             # a get of this id sleeps this long instead of delayMs
       "failIds": ["s-9"],                      # get of these ids answers error -32004 (API error)
       "rateLimitIds": {"s-2": {"times": 1, "retryAfterSeconds": 0.5}},  # first `times` gets answer -32001
+      "hangIds": ["s-h"],                      # a get of these ids never answers (its thread sleeps
+                                               #   forever; every other call is still answered)
+      "crashIds": ["s-c"],                     # a get of these ids exits the process at once with
+                                               #   code 3 (os._exit, after a line on stderr), unanswered
+      "garbageIds": ["s-g"],                   # a get of these ids writes `this is not json` and then
+                                               #   `{"garbage": true}` (JSON, not JSON-RPC), never a reply
       "requireCredentials": {"apiKey": "k"}    # initialize fails with -32003 unless these credentials match
     }
+
+The failure knobs apply to `metadata/{series,book}/get` only (series and books share the id space), in this
+order: `crashIds`, `hangIds`, then the delay (`delayByIdMs` of the id, else `delayMs`), then `garbageIds`,
+then the answer (`failIds`, `rateLimitIds`, the item). A host sees a crash as the process exiting with code
+3, and a hang or garbage as a call that is never answered (it times out; the process still answers `ping`).
 
 Methods and results (the library server's protocol):
 
@@ -37,9 +49,12 @@ Methods and results (the library server's protocol):
 - Unknown methods: -32601; bad params: -32602.
 
 Concurrency stats: `maxInFlight` is the largest number of `metadata/*` calls served at once, `calls` how
-many were received, `methods` the count per method (all methods, `initialize` included). When the
-environment variable `LIBJOBS_FIXTURE_STATS` names a file, these are also written there as JSON after every
-change (atomically), so tests can check that callers bound their concurrency.
+many were received, `methods` the count per method (all methods, `initialize` included). Every received
+call counts, the failing ones too: a hung call stays in flight forever, a garbage call is in flight until
+its garbage is written, and a crashing call is counted (and the stats written) before the process exits.
+When the environment variable `LIBJOBS_FIXTURE_STATS` names a file, these are also written there as JSON
+after every change (atomically), so tests can check that callers bound their concurrency. The stats are
+those of one process: a restarted fixture starts again from zero and overwrites the file.
 """
 
 from __future__ import annotations
@@ -75,6 +90,10 @@ from service.adapters.plugins.protocol import (
 
 STATS_ENV = "LIBJOBS_FIXTURE_STATS"
 VERSION = "1.0.0"
+CRASH_EXIT_CODE = 3
+# what a get of a `garbageIds` id writes instead of a reply: a line that is not JSON, then one that is
+# JSON but not a JSON-RPC message
+GARBAGE_LINES = b'this is not json\n{"garbage": true}\n'
 
 
 class Item(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
@@ -95,8 +114,12 @@ class FixtureData(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     matches: dict[str, str] = msgspec.field(default_factory=dict)
     book_matches: dict[str, str] = msgspec.field(default_factory=dict)
     delay_ms: int = 0
+    delay_by_id_ms: dict[str, int] = msgspec.field(default_factory=dict)
     fail_ids: list[str] = msgspec.field(default_factory=list)
     rate_limit_ids: dict[str, RateLimit] = msgspec.field(default_factory=dict)
+    hang_ids: list[str] = msgspec.field(default_factory=list)
+    crash_ids: list[str] = msgspec.field(default_factory=list)
+    garbage_ids: list[str] = msgspec.field(default_factory=list)
     require_credentials: dict[str, str] = msgspec.field(default_factory=dict)
 
 
@@ -190,10 +213,10 @@ class Server:
     def _handle(self, req_id: int | str, method: str, params: Any) -> None:
         metadata_call = method.startswith("metadata/")
         self._count(method, starting=metadata_call)
+        response: Response | None = None
         try:
-            if metadata_call and (delay := self._source.get().delay_ms) > 0:
-                time.sleep(delay / 1000)
-            response = Response(id=req_id, result=self._dispatch(method, params))
+            if not (metadata_call and self._misbehave(method, params)):
+                response = Response(id=req_id, result=self._dispatch(method, params))
         except RpcError as exc:
             response = Response(id=req_id, error=exc.error)
         except Exception as exc:  # a bug answers an error instead of leaving the call hanging
@@ -201,7 +224,29 @@ class Server:
         finally:
             if metadata_call:
                 self._finish()
-        self._send(response)
+        if response is not None:
+            self._send(response)
+
+    def _misbehave(self, method: str, params: Any) -> bool:
+        """Apply the failure knobs and the delay of a metadata call. True: garbage was written instead of
+        a reply. A crash never returns, nor does a hang."""
+        data = self._source.get()
+        external_id = params.get("externalId") if isinstance(params, dict) else None
+        # the per-id knobs apply to gets only
+        get_id = external_id if method.endswith("/get") and isinstance(external_id, str) else None
+        if get_id is not None and get_id in data.crash_ids:
+            print(f"fixture: crashing on purpose on {get_id} (crashIds)", file=sys.stderr, flush=True)
+            os._exit(CRASH_EXIT_CODE)
+        if get_id is not None and get_id in data.hang_ids:
+            print(f"fixture: hanging on purpose on {get_id} (hangIds)", file=sys.stderr, flush=True)
+            threading.Event().wait()  # forever: the host gives up on the call; this thread stays
+        delay = data.delay_ms if get_id is None else data.delay_by_id_ms.get(get_id, data.delay_ms)
+        if delay > 0:
+            time.sleep(delay / 1000)
+        if get_id is not None and get_id in data.garbage_ids:
+            self._write_raw(GARBAGE_LINES)
+            return True
+        return False
 
     def _dispatch(self, method: str, params: Any) -> Any:
         data = self._source.get()
@@ -309,11 +354,13 @@ class Server:
             print(f"fixture: cannot write stats: {exc}", file=sys.stderr, flush=True)
 
     def _send(self, response: Response) -> None:
-        line = encode(response)
+        self._write_raw(encode(response))
+
+    def _write_raw(self, data: bytes) -> None:
         with self._out_lock:
             if self._closed:
                 return
-            self._out.write(line)
+            self._out.write(data)
             self._out.flush()
 
 

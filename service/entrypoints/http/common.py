@@ -22,6 +22,7 @@ from service.entrypoints.idempotency import Idempotency, check_key, fingerprint
 from service.entrypoints.idempotency import Reply as Reply  # the handlers build replies from here
 from service.ports import (
     CommandContext,
+    DryRun,
     IdempotencyStore,
     LiveFeed,
     ReadModelQueries,
@@ -56,6 +57,7 @@ class HttpServices:
     metrics: Metrics
     max_body_bytes: int = 64 * 1024
     live: LiveFeed | None = None  # None: `GET /events` answers 503
+    dry_run: DryRun | None = None  # None: `POST …/dry-run` answers 503
     _idempotent: Idempotency = field(init=False)
 
     def __post_init__(self) -> None:

@@ -16,6 +16,8 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CON
 
 from contracts.jobs import (
     CreateLibraryJobRequest,
+    DryRunRequest,
+    DryRunResponse,
     JobScheduleResponse,
     LibraryJobDto,
     ListLibraryJobsResponse,
@@ -23,7 +25,7 @@ from contracts.jobs import (
     RunNowResponse,
 )
 from service.domain.cron import parse_cron
-from service.domain.errors import NotFound, ValidationFailed
+from service.domain.errors import NotFound, Unavailable, ValidationFailed
 from service.domain.schedule import fires as upcoming
 from service.domain.timezones import zone
 from service.entrypoints.http.common import (
@@ -38,7 +40,7 @@ from service.entrypoints.http.common import (
     none_match,
     services,
 )
-from service.entrypoints.translate import create_draft, patch_draft
+from service.entrypoints.translate import create_draft, dry_run_input, patch_draft
 
 JOB_PATH = "/libraries/{library_id:uuid}/jobs/{job_id:uuid}"
 ETAG_HEADER = [ResponseHeader(name="ETag", description="The job's version, quoted", documentation_only=True)]
@@ -213,6 +215,32 @@ async def run_job_now(
     return _json(await idempotent(request, handle))  # type: ignore[return-value]
 
 
+@post(
+    JOB_PATH + "/dry-run",
+    before_request=check_body,
+    operation_id="dry_run_job",
+    summary="What a run would change, with nothing written",
+    description="Plans with the saved config, or with `configOverride` (validated like a PATCH of the "
+    "config), asks the provider for the first `sampleSize` planned items (0 to 20, default 5) and answers "
+    "what a run would write to each. A provider that cannot be asked gives `planFailure`, not an error.",
+    opt={"scope": "jobs:read"},
+    status_code=HTTP_200_OK,
+    responses=error_responses(400, 404, 413, 415, 503),
+)
+async def dry_run_job(
+    request: Request[Any, Any, Any],
+    library_id: FromPath[UUID],
+    job_id: FromPath[UUID],
+    data: JSONBody[DryRunRequest],
+) -> Response[DryRunResponse]:
+    svc = services(request)
+    if svc.dry_run is None:
+        raise Unavailable("Dry runs are not available on this process")
+    override, size = dry_run_input(data)
+    result = await svc.dry_run(library_id, job_id, override, size)
+    return Response(_encode(result), media_type=JSON)  # type: ignore[arg-type]
+
+
 @get(
     JOB_PATH + "/schedule",
     operation_id="get_job_schedule",
@@ -267,4 +295,4 @@ def _instant(text: str, field: str) -> datetime:
     )
 
 
-ROUTES = [list_jobs, create_job, get_job, patch_job, delete_job, run_job_now, get_job_schedule]
+ROUTES = [list_jobs, create_job, get_job, patch_job, delete_job, run_job_now, dry_run_job, get_job_schedule]

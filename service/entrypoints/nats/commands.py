@@ -31,7 +31,7 @@ from nats.aio.subscription import Subscription
 
 from contracts.catalog import UpsertBookRequest, UpsertSeriesRequest
 from contracts.errors import ErrorResponse
-from contracts.jobs import RunNowResponse
+from contracts.jobs import DryRunRequest, DryRunResponse, RunNowResponse
 from contracts.nats import (
     ACTOR_HEADER,
     COMMANDS,
@@ -44,6 +44,7 @@ from contracts.nats import (
     DeleteJobCommand,
     DeleteLibraryCommand,
     DeleteSeriesCommand,
+    DryRunCommand,
     RecordRunCommand,
     RecordRunResult,
     RunNowCommand,
@@ -57,15 +58,13 @@ from service.application import LibraryJobs, Saved
 from service.domain.errors import DomainError, NotFound, Unavailable, ValidationFailed
 from service.entrypoints.errors import INTERNAL_ERROR_MESSAGE, domain_error, error_body, undecodable
 from service.entrypoints.idempotency import Idempotency, Reply, check_key, fingerprint
-from service.entrypoints.translate import catalog_text, create_draft, patch_draft
-from service.ports import CommandContext, IdempotencyStore, ReadModelQueries, RunSync, WaitForPosition
+from service.entrypoints.translate import catalog_text, create_draft, dry_run_input, patch_draft
+from service.ports import CommandContext, DryRun, IdempotencyStore, ReadModelQueries, RunSync, WaitForPosition
 
 log = logging.getLogger("libjobs.nats")
 
 DEFAULT_ACTOR = "nats"
 ACTOR_MAX = 128
-NOT_AVAILABLE_YET = ("job.dry_run",)
-"""Commands the application cannot run yet: they answer 503 (after their payload is checked)."""
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Request ids need to be unique, not secret: a random prefix per process and a counter, as on HTTP.
@@ -84,6 +83,7 @@ class NatsServices:
     run_sync: RunSync
     idempotency: IdempotencyStore
     max_payload_bytes: int = 64 * 1024
+    dry_run: DryRun | None = None  # None: `job.dry_run` answers 503
 
 
 class CommandResponder:
@@ -106,7 +106,7 @@ class CommandResponder:
             "catalog.series.delete": self._delete_series,
             "catalog.book.upsert": self._upsert_book,
             "catalog.book.delete": self._delete_book,
-            **{name: partial(_not_available_yet, name) for name in NOT_AVAILABLE_YET},
+            "job.dry_run": self._dry_run,
         }
 
     async def handle(self, subject: str, payload: bytes, headers: Mapping[str, str] | None) -> bytes:
@@ -185,6 +185,14 @@ class CommandResponder:
         await self._svc.wait_for(saved.position)
         return RunNowResponse(task_id=run_id)
 
+    async def _dry_run(self, command: DryRunCommand, ctx: CommandContext) -> DryRunResponse:
+        dry_run = self._svc.dry_run
+        if dry_run is None:
+            raise Unavailable("Dry runs are not available on this process")
+        body = DryRunRequest(config_override=command.config_override, sample_size=command.sample_size)
+        override, size = dry_run_input(body)
+        return await dry_run(command.library_id, command.job_id, override, size)
+
     async def _record_run(self, command: RecordRunCommand, ctx: CommandContext) -> RecordRunResult:
         """Not an HTTP route: the outcome of a run, sent by whoever executed it."""
         record = partial(
@@ -235,11 +243,6 @@ class CommandResponder:
 
     async def _delete_book(self, command: DeleteBookCommand, ctx: CommandContext) -> None:
         await self._write(self._svc.commands.delete_book, command.library_id, command.book_id, ctx)
-
-
-async def _not_available_yet(name: str, command: Any, ctx: CommandContext) -> None:
-    # The scheduler and executor issues give the application these commands and replace this.
-    raise Unavailable(f"{name} is not available yet")
 
 
 def _actor(headers: Mapping[str, str]) -> str:
