@@ -200,14 +200,7 @@ class CatalogView:
         if isinstance(event, CatalogItem.Refreshed):
             known = index.rows.get(item_id)
             if known is not None:
-                state = refreshed_state(
-                    known.state,
-                    provider=event.provider,
-                    external_id=event.external_id,
-                    external_url=event.external_url,
-                    synced_at=event.synced_at,
-                    changes=event.changes,
-                )
+                state = refreshed_state(known.state, event)
                 index.put(ItemRow(item_id, known.library_id, state, event.timestamp))
             return
         assert isinstance(event, CatalogItem.Upserted | CatalogItem.Changed)

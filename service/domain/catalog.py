@@ -132,14 +132,7 @@ class CatalogItem(Aggregate):
         skipped: list[dict[str, str]]
 
         def apply(self, aggregate: Any) -> None:
-            aggregate.state = refreshed_state(
-                aggregate.state,
-                provider=self.provider,
-                external_id=self.external_id,
-                external_url=self.external_url,
-                synced_at=self.synced_at,
-                changes=self.changes,
-            )
+            aggregate.state = refreshed_state(aggregate.state, self)
 
     Created = Upserted
 
@@ -232,20 +225,13 @@ class CatalogItem(Aggregate):
         )
 
 
-def refreshed_state(
-    state: dict[str, Any],
-    *,
-    provider: str,
-    external_id: str,
-    external_url: str | None,
-    synced_at: datetime,
-    changes: dict[str, dict[str, Any]],
-) -> dict[str, Any]:
+def refreshed_state(state: dict[str, Any], refresh: CatalogItem.Refreshed) -> dict[str, Any]:
     """An item's wire state after a refresh: new values, and `lastSyncedAt` on the provider's id."""
+    provider, external_id = refresh.provider, refresh.external_id
     metadata = dict(state.get("metadata") or {})
-    for name, change in changes.items():
+    for name, change in refresh.changes.items():
         metadata[name] = change["after"]
-    synced = synced_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    synced = refresh.synced_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
     ids = [dict(entry) for entry in state.get("externalIds") or []]
     for entry in ids:
         if entry.get("source") == provider:
@@ -258,7 +244,7 @@ def refreshed_state(
             {
                 "source": provider,
                 "externalId": external_id,
-                "externalUrl": external_url,
+                "externalUrl": refresh.external_url,
                 "lastSyncedAt": synced,
             }
         )

@@ -6,10 +6,11 @@ Everything here drives the real `Service` (real SQLite files, real PostgreSQL); 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 import traceback
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -19,16 +20,20 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import msgspec
+import uvicorn
 from eventsourcing.persistence import IntegrityError
 
 from contracts.catalog import UpsertBookRequest, UpsertSeriesRequest
+from service.adapters.live import LiveEvents
 from service.adapters.store import StoreReader
 from service.application import Saved
 from service.bootstrap import Service
 from service.domain.errors import Conflict
 from service.domain.jobs import ConfigDraft, CreateDraft, PatchDraft
+from service.entrypoints.http.auth import Authenticator
 from service.ports import CommandContext
 from service.settings import PluginSpec, Settings
+from tests.support.processes import free_port
 
 T0 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)  # 11:00 in Paris
 PLUGIN = "mangabaka"
@@ -63,6 +68,43 @@ class StepClock:
             reading = self.start + self._readings * self.step
             self._readings += 1
             return reading
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # the test runner keeps its own signal handlers
+
+
+@asynccontextmanager
+async def served_over_http(
+    settings: Settings, *, wait_s: float = 10
+) -> AsyncIterator[tuple[str, Service, LiveEvents]]:
+    """A `Service` behind a real uvicorn on a free port: its URL, the service and its live events, wired as
+    bootstrap wires them but with a short keep-alive (0.2 s), so that a test can wait past one."""
+    service = Service(settings)
+    app = service.http_app(Authenticator(settings.api_keys, None))
+    live = LiveEvents(idle_s=0.2)
+    service.models.on_change = live.job_changed
+    service.models.on_run_change = live.run_changed
+    app.state["services"].live = live
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on", loop="asyncio"
+    )
+    server = _Server(config)
+    serving = asyncio.create_task(server.serve())
+    for _ in range(int(wait_s * 100)):
+        if server.started or serving.done():
+            break
+        await asyncio.sleep(0.01)
+    assert server.started, "uvicorn did not start"
+    try:
+        yield f"http://127.0.0.1:{port}", service, live
+    finally:
+        live.close()  # open streams end, so the server stops without waiting for them
+        server.should_exit = True
+        await asyncio.wait_for(serving, STOP_TIMEOUT_S)
 
 
 @asynccontextmanager

@@ -387,7 +387,7 @@ async def test_a_dry_run_answers_what_http_answers(
     response = await http.post(f"/libraries/{library_id}/jobs/{job_id}/dry-run", json=body)
     assert response.status_code == 200
     assert over_nats == response.json()
-    # the test plugin's command is `false`: the provider cannot be asked, which is a plan failure, not an error
+    # the test plugin's command is `false`: the provider cannot be asked, a plan failure, not an error
     assert over_nats["planFailure"].startswith("plugin_unavailable: ")
     assert (over_nats["totalEligible"], over_nats["sample"]) == (0, [])
     unknown = {"libraryId": library_id, "jobId": str(uuid4())}

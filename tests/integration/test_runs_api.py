@@ -4,10 +4,9 @@ real service over SQLite, served by uvicorn on a real port and read as a client 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,17 +15,14 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
-import uvicorn
 
 from contracts.live import LiveEvent, RunChanged
 from contracts.runs import RunDto
-from service.adapters.live import LiveEvents
 from service.bootstrap import Service
-from service.entrypoints.http.auth import Authenticator
 from service.settings import ApiKeySpec
-from tests.integration.harness import PROVIDER, STOP_TIMEOUT_S, ctx, make_settings
+from tests.integration.harness import PROVIDER, ctx, make_settings, served_over_http
 from tests.integration.test_sse import Stream, subscribed
-from tests.support.processes import free_port
+from tests.support.spec import RUN_KEYS
 
 pytestmark = pytest.mark.integration
 
@@ -40,28 +36,6 @@ KEYS = (
     ApiKeySpec("catalog", hashlib.sha256(CATALOG_KEY.encode()).hexdigest(), frozenset({"catalog:write"})),
 )
 WAIT_S = 10
-RUN_KEYS = [
-    "id",
-    "jobId",
-    "libraryId",
-    "trigger",
-    "scheduledFor",
-    "requestedAt",
-    "startedAt",
-    "finishedAt",
-    "status",
-    "message",
-    "progress",
-    "skipped",
-    "fieldsChanged",
-    "attempt",
-]
-
-
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield  # the test runner keeps its own signal handlers
 
 
 @dataclass
@@ -93,31 +67,8 @@ class Served:
 
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[Served]:
-    settings = make_settings(tmp_path, None, api_keys=KEYS)
-    service = Service(settings)
-    app = service.http_app(Authenticator(settings.api_keys, None))
-    # Wired as service/bootstrap.py is to wire it (a short keep-alive, so that a test can wait past one).
-    live = LiveEvents(idle_s=0.2)
-    service.models.on_change = live.job_changed
-    service.models.on_run_change = live.run_changed
-    app.state["services"].live = live
-    port = free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on", loop="asyncio"
-    )
-    server = _Server(config)
-    serving = asyncio.create_task(server.serve())
-    for _ in range(WAIT_S * 100):
-        if server.started or serving.done():
-            break
-        await asyncio.sleep(0.01)
-    assert server.started, "uvicorn did not start"
-    try:
-        yield Served(f"http://127.0.0.1:{port}", service)
-    finally:
-        live.close()  # open streams end, so the server stops without waiting for them
-        server.should_exit = True
-        await asyncio.wait_for(serving, STOP_TIMEOUT_S)
+    async with served_over_http(make_settings(tmp_path, None, api_keys=KEYS)) as (url, service, _live):
+        yield Served(url, service)
 
 
 async def new_library(writer: httpx.AsyncClient) -> str:
@@ -176,7 +127,7 @@ async def test_a_run_now_is_listed_queued_and_can_be_read_alone(served: Served) 
     assert list(body) == ["runs", "nextCursor"]
     assert body["nextCursor"] is None
     [run] = body["runs"]
-    assert list(run) == RUN_KEYS
+    assert list(run) == list(RUN_KEYS)
     assert {k: run[k] for k in ("id", "jobId", "libraryId", "trigger", "scheduledFor", "status")} == {
         "id": run_id,
         "jobId": job_id,

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import hashlib
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,16 +15,12 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
-import uvicorn
 
 from contracts.jobs import LibraryJobDto
 from contracts.live import JobChanged, LiveEvent
 from service.adapters.live import LiveEvents
-from service.bootstrap import Service
-from service.entrypoints.http.auth import Authenticator
 from service.settings import ApiKeySpec
-from tests.integration.harness import PROVIDER, STOP_TIMEOUT_S, make_settings
-from tests.support.processes import free_port
+from tests.integration.harness import PROVIDER, make_settings, served_over_http
 
 pytestmark = pytest.mark.integration
 
@@ -40,12 +36,6 @@ KEYS = (
 WAIT_S = 10
 
 
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield  # the test runner keeps its own signal handlers
-
-
 @dataclass
 class Served:
     url: str
@@ -58,30 +48,8 @@ class Served:
 
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[Served]:
-    settings = make_settings(tmp_path, None, api_keys=KEYS)
-    service = Service(settings)
-    app = service.http_app(Authenticator(settings.api_keys, None))
-    # Wired as service/bootstrap.py is to wire it (a short keep-alive, so a test can see one).
-    live = LiveEvents(idle_s=0.2)
-    service.models.on_change = live.job_changed
-    app.state["services"].live = live
-    port = free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on", loop="asyncio"
-    )
-    server = _Server(config)
-    serving = asyncio.create_task(server.serve())
-    for _ in range(WAIT_S * 100):
-        if server.started or serving.done():
-            break
-        await asyncio.sleep(0.01)
-    assert server.started, "uvicorn did not start"
-    try:
-        yield Served(f"http://127.0.0.1:{port}", live)
-    finally:
-        live.close()  # open streams end, so the server stops without waiting for them
-        server.should_exit = True
-        await asyncio.wait_for(serving, STOP_TIMEOUT_S)
+    async with served_over_http(make_settings(tmp_path, None, api_keys=KEYS)) as (url, _service, live):
+        yield Served(url, live)
 
 
 class Stream:

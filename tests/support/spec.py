@@ -33,3 +33,21 @@ CONFIG_KEYS = (
     "skipRecentlySyncedWithinS",
     "maxConcurrency",
 )
+
+# SPEC §2.6: `RunDto`, in the DTO's order.
+RUN_KEYS = (
+    "id",
+    "jobId",
+    "libraryId",
+    "trigger",
+    "scheduledFor",
+    "requestedAt",
+    "startedAt",
+    "finishedAt",
+    "status",
+    "message",
+    "progress",
+    "skipped",
+    "fieldsChanged",
+    "attempt",
+)

@@ -25,6 +25,7 @@ from service.domain.jobs import (
     ValidationPolicy,
     validate_create,
 )
+from tests.support.spec import RUN_KEYS
 
 pytestmark = pytest.mark.unit
 
@@ -34,22 +35,6 @@ LIBRARY = UUID("aaaaaaaa-0000-4000-8000-000000000001")
 OTHER_LIBRARY = UUID("bbbbbbbb-0000-4000-8000-000000000002")
 PROVIDERS = {"mangabaka": ProviderInfo(enabled=True, capabilities=frozenset({"series"}))}
 STAMP: dict[str, Any] = {"actor": "executor", "request_id": None}
-RUN_KEYS = [  # SPEC §2.6, in the DTO's order
-    "id",
-    "jobId",
-    "libraryId",
-    "trigger",
-    "scheduledFor",
-    "requestedAt",
-    "startedAt",
-    "finishedAt",
-    "status",
-    "message",
-    "progress",
-    "skipped",
-    "fieldsChanged",
-    "attempt",
-]
 ZERO_PROGRESS = {"planned": 0, "done": 0, "succeeded": 0, "failed": 0, "skipped": 0}
 ZERO_SKIPPED = {"no_external_id": 0, "recently_synced": 0, "no_match": 0, "locked_only": 0}
 
@@ -154,7 +139,7 @@ def run(models: ReadModels, job: LibraryJob, run_id: UUID) -> dict[str, Any]:
     raw = models.run_json(job.library_id, job.id, run_id)
     assert raw is not None
     body = json.loads(raw)
-    assert list(body) == RUN_KEYS  # every key, always, in order (nulls are not omitted)
+    assert list(body) == list(RUN_KEYS)  # every key, always, in order (nulls are not omitted)
     msgspec.json.decode(raw, type=RunDto)  # and it is a RunDto
     return body  # type: ignore[no-any-return]
 
