@@ -327,8 +327,9 @@ async def test_a_missing_or_disabled_plugin_fails_the_run_without_calling_it(
     assert fixture.stats() == {}  # never started
 
 
-async def test_disabling_the_job_cancels_its_run_between_items(
-    tmp_path: Path, nats_server: NatsServer, fixture: Fixture
+@pytest.mark.parametrize("how", ["disable", "delete"])
+async def test_disabling_or_deleting_the_job_cancels_its_run_between_items(
+    tmp_path: Path, nats_server: NatsServer, fixture: Fixture, how: str
 ) -> None:
     count = 40
     fixture.write({"series": {f"s-{i}": {"title": "T", "metadata": {"rating": i}} for i in range(count)},
@@ -341,12 +342,57 @@ async def test_disabling_the_job_cancels_its_run_between_items(
         job_id = await job_with(svc, library_id, max_concurrency=1)
         run_id = await run_now(svc, library_id, job_id)
         await eventually(lambda: fixture.stats().get("calls", 0) >= 3, 20, every_s=0.02)
-        await write(svc, svc.commands.update_job, library_id, job_id, PatchDraft(enabled=False), ctx())
+        if how == "disable":
+            await write(svc, svc.commands.update_job, library_id, job_id, PatchDraft(enabled=False), ctx())
+        else:
+            await write(svc, svc.commands.delete_job, library_id, job_id, ctx())
         result = await finished(svc, job_id, run_id)
-        assert (result.status, result.message) == ("cancelled", "Cancelled: the job was disabled")
+        assert (result.status, result.message) == ("cancelled", f"Cancelled: the job was {how}d")
         assert result.counts["done"] < count
-        dto = job_dto(svc, library_id, job_id)
-        assert (dto.current_run_id, dto.last_run_status) == (None, None)  # a cancelled run is no last run
+        refreshed = [e for _, e in stored(svc) if isinstance(e, Series.Refreshed)]
+        assert 0 < len(refreshed) == result.counts["succeeded"]  # what it did before, it keeps
+        if how == "disable":
+            dto = job_dto(svc, library_id, job_id)
+            assert (dto.current_run_id, dto.last_run_status) == (None, None)  # a cancelled run is no last run
+
+
+async def test_every_item_failing_is_a_failure(
+    tmp_path: Path, nats_server: NatsServer, fixture: Fixture
+) -> None:
+    fixture.write({"series": {}, "failIds": ["a", "b"]})
+    settings = executor_settings(tmp_path, None, nats_server, fixture.spec())
+    async with running(settings) as svc:
+        library_id = await library_with(
+            svc, *[(uuid4(), series_state(i, external_ids=external(i))) for i in ("a", "b")]
+        )
+        job_id = await job_with(svc, library_id)
+        result = await finished(svc, job_id, await run_now(svc, library_id, job_id))
+        assert (result.status, result.message) == (
+            "failure", "Refreshed 0 of 2 series (0 succeeded, 2 failed, 0 skipped)",
+        )  # fmt: skip
+
+
+async def test_a_run_started_max_attempts_times_is_recorded_as_a_failure(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    # Each start is a delivery of the work item that an executor took and never finished (it crashed).
+    never_started = PluginSpec(name=PLUGIN, command=("false",), capabilities=("series",))
+    settings = make_settings(tmp_path, database_url, plugins=(never_started,))
+    async with running(settings) as svc:
+        library_id = await library_with(svc)
+        job_id = await job_with(svc, library_id)
+        run_id = await run_now(svc, library_id, job_id)
+        executor = ctx(actor="executor")
+        starts = [await svc.run_sync(lambda: svc.commands.start_run(job_id, run_id, executor, max_attempts=3))
+                  for _ in range(4)]  # fmt: skip
+        assert [getattr(s, "attempt", s) for s in starts] == [1, 2, 3, "failure"]
+        again = await svc.run_sync(lambda: svc.commands.start_run(job_id, run_id, executor, max_attempts=3))
+        assert again == "failure"  # recorded once: a later delivery finds it finished
+        outcomes = [e for _, e in stored(svc) if isinstance(e, LibraryJob.RunFinished)]
+        assert [(e.run_id, e.status) for e in outcomes] == [(run_id, "failure")]
+        assert outcomes[0].message.startswith("Gave up after 3 attempts")
+        await svc.follower.catch_up()
+        assert job_dto(svc, library_id, job_id).current_run_id is None
 
 
 async def test_a_dry_run_shows_what_the_run_then_does_and_writes_nothing(
