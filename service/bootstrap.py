@@ -26,6 +26,7 @@ from contracts.nats import Subjects
 from projections.jobs import JobRow
 from projections.readmodels import JobChange, ReadModels
 from projections.sqlview import RELAY_NAME, VIEWS_NAME, PostgresViewStore, SqliteViewStore
+from service.adapters.audit import StoreAuditLog
 from service.adapters.follower import Follower
 from service.adapters.group_commit import GroupCommitter
 from service.adapters.idempotency import PostgresIdempotencyStore, SqliteIdempotencyStore
@@ -53,6 +54,7 @@ from service.domain.refresh import CatalogEntry, ItemKind
 from service.domain.timetable import Fire
 from service.entrypoints import cli
 from service.entrypoints.asyncapi import asyncapi_yaml
+from service.entrypoints.events_cli import print_events
 from service.entrypoints.executor import RefreshExecutor, RunConsumer
 from service.entrypoints.http.app import create_app, with_request_context
 from service.entrypoints.http.auth import Authenticator, sha256_hex
@@ -65,7 +67,7 @@ from service.entrypoints.nats.commands import (
 )
 from service.entrypoints.scheduler import JobTimes, Scheduler
 from service.entrypoints.serve import run_server
-from service.ports import Clock, CommandContext, IdempotencyStore, SystemClock
+from service.ports import AuditFilter, Clock, CommandContext, IdempotencyStore, LibraryContents, SystemClock
 from service.settings import ApiKeySpec, Settings, SettingsError, load_settings
 
 T = TypeVar("T")
@@ -156,7 +158,12 @@ class Service:
             on_run_ended=self.metrics.observe_run,
         )
         self.run_consumer = (
-            RunConsumer(self.refresher, max_runs=settings.executor_runs, ack_wait_s=settings.run_ack_wait_s)
+            RunConsumer(
+                self.refresher,
+                max_runs=settings.executor_runs,
+                ack_wait_s=settings.run_ack_wait_s,
+                handback_grace_s=settings.drain_grace_s,
+            )
             if "executor" in settings.roles
             else None
         )
@@ -456,6 +463,7 @@ class Service:
             max_body_bytes=self.settings.max_body_bytes,
             live=self.live,
             dry_run=self.refresher.dry_run,
+            audit=StoreAuditLog(self.commands, default_timezone=self.settings.default_timezone),
         )
         app = create_app(services, api="api" in self.settings.roles)
         app.on_startup.append(self.start)
@@ -540,6 +548,27 @@ async def nats_setup(settings: Settings, *, out: Callable[[str], None] = print) 
             await embedded.stop()
 
 
+def print_store_events(settings: Settings, args: Any) -> int:
+    """`libjobs events`: the store alone (no NATS, scheduler, relay or plugin), read as JSON lines."""
+    with setup_lock(settings.database_url):
+        env = store_env(
+            data_dir=settings.data_dir,
+            database_url=settings.database_url,
+            pool_size=1,
+            lock_timeout_s=settings.lock_timeout_s,
+        )
+        store = LibraryJobs(
+            env, providers=lambda _: None, library_contents=lambda _: LibraryContents((), (), ())
+        )
+    try:
+        types = frozenset().union(*args.events_types) if args.events_types else None
+        where = AuditFilter(job_id=args.events_job, library_id=args.events_library, types=types)
+        audit = StoreAuditLog(store, default_timezone=settings.default_timezone)
+        return print_events(audit, where, after=args.events_after, follow=args.events_follow)
+    finally:
+        store.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The `libjobs` console script: parse, load settings, wire, run."""
     args = cli.parse_args(argv)
@@ -557,6 +586,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "nats":
         return asyncio.run(nats_setup(settings))
+    if args.command == "events":
+        try:
+            return print_store_events(settings, args)
+        except Exception as e:  # the store cannot be read: one line, details in the log
+            log.debug("reading the events failed", exc_info=True)
+            return cli.fail(f"cannot read the events: {e}")
     try:
         service, app = build_http(settings)
     except Exception as e:  # the store or a config value cannot be used: one line, details in the log

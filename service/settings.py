@@ -97,6 +97,7 @@ class Settings:
     run_max_attempts: int = 3
     run_ack_wait_s: float = 60.0  # a run whose executor stops answering is delivered again after this
     executor_runs: int = 4  # runs one executor process executes at once
+    drain_grace_s: float = 10.0  # at SIGTERM, how long running runs may go on before they are handed back
     store_pool_size: int = 8
     lock_timeout_s: int = 5
     max_body_bytes: int = 64 * 1024
@@ -428,6 +429,7 @@ _ENV: Final[dict[str, tuple[str, Parse]]] = {
     "LIBJOBS_RUN_MAX_ATTEMPTS": ("run_max_attempts", functools.partial(_int, lo=1, hi=100)),
     "LIBJOBS_RUN_ACK_WAIT_S": ("run_ack_wait_s", functools.partial(_float, lo=1, hi=3600)),
     "LIBJOBS_EXECUTOR_RUNS": ("executor_runs", functools.partial(_int, lo=1, hi=64)),
+    "LIBJOBS_DRAIN_GRACE_S": ("drain_grace_s", functools.partial(_float, lo=0, hi=3600)),
     "LIBJOBS_STORE_POOL_SIZE": ("store_pool_size", functools.partial(_int, lo=1, hi=1000)),
     "LIBJOBS_LOCK_TIMEOUT_S": ("lock_timeout_s", functools.partial(_int, lo=1, hi=3600)),
     "LIBJOBS_LOG_JSON": ("log_json", _log_json),

@@ -526,3 +526,29 @@ async def test_a_books_scope_refreshes_books_with_their_own_fields(
         assert result.message == "Refreshed 1 of 1 book (1 succeeded, 0 failed, 0 skipped)"
         book = msgspec.json.decode(svc.models.book_json(library_id, book_id) or b"null")
         assert book["metadata"] == {"pageCount": 200, "isbns": ["978"]}  # rating is not a book_extra field
+
+
+async def test_a_stopping_executor_hands_its_run_back_and_the_next_one_finishes_it(
+    tmp_path: Path, nats_server: NatsServer, fixture: Fixture
+) -> None:
+    count = 30
+    fixture.write({"series": {f"s-{i}": {"title": "T", "metadata": {"rating": i}} for i in range(count)},
+                   "delayMs": 100})  # fmt: skip
+    settings = executor_settings(tmp_path, None, nats_server, fixture.spec(), drain_grace_s=0.2)
+    async with running(settings) as svc:
+        library_id = await library_with(
+            svc, *[(uuid4(), series_state(f"T{i:02}", external_ids=external(f"s-{i}"))) for i in range(count)]
+        )
+        job_id = await job_with(svc, library_id, max_concurrency=1)
+        run_id = await run_now(svc, library_id, job_id)
+        await eventually(lambda: fixture.stats().get("calls", 0) >= 5, 20, every_s=0.02)
+    # stopped (as on SIGTERM): the run is not finished, what it did is stored, the work item is back
+    async with running(settings) as svc:
+        result = await finished(svc, job_id, run_id)
+        events = stored(svc)
+    assert result.status == "success"
+    assert result.counts == {"planned": count, "done": count, "succeeded": count, "failed": 0, "skipped": 0}
+    starts = [e.attempt for _, e in events if isinstance(e, LibraryJob.RunStarted) and e.run_id == run_id]
+    assert starts == [1, 2]
+    refreshed = [e.originator_id for _, e in events if isinstance(e, Series.Refreshed)]
+    assert len(refreshed) == len(set(refreshed)) == count  # none twice, none lost
