@@ -490,13 +490,28 @@ class LibraryJob(Aggregate):
 
     class FireSkipped(Event):
         """A claimed fire that starts no run: `overlap` (the run `runIdInFlight` was queued or running)
-        or `missed` (older than the catch-up window; `missedFires` counts them)."""
+        or `missed` (older than the catch-up window; `missedFires` counts them).
+
+        `run_id_in_flight` is the skip's cause, so only an `overlap` names a run. Version 1 also named
+        the run that happened to be queued when `missed` fires were recorded, as if it had caused them;
+        version 2 stores None there, and `upcast_v1_v2` reads version 1 events the same way."""
 
         TOPIC = "libjobs:LibraryJob.FireSkipped"
+        class_version = 2
         scheduled_for: datetime
         reason: Literal["overlap", "missed"]
         run_id_in_flight: UUID | None
         missed_fires: int
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.reason != "overlap" and self.run_id_in_flight is not None:
+                object.__setattr__(self, "run_id_in_flight", None)  # frozen: set as the dataclass does
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            if state["reason"] != "overlap":
+                state["run_id_in_flight"] = None
 
         def apply(self, aggregate: Any) -> None:
             aggregate.last_fire = self.scheduled_for
