@@ -589,6 +589,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "events":
         try:
             return print_store_events(settings, args)
+        except KeyboardInterrupt:  # Ctrl-C before the events were being followed: a requested stop
+            return 0
         except Exception as e:  # the store cannot be read: one line, details in the log
             log.debug("reading the events failed", exc_info=True)
             return cli.fail(f"cannot read the events: {e}")

@@ -152,3 +152,44 @@ class DryRun(Protocol):
     def __call__(
         self, library_id: UUID, job_id: UUID, override: PatchDraft | None, sample_size: int, /
     ) -> Awaitable[DryRunResponse]: ...
+
+
+# --- the audit log (SPEC §8), as the audit routes and `libjobs events` read it --------------------------
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    """Which stored events a page holds: all of them, or those of a job, of a library, of some types
+    (event type names such as `JobCreated`, `RunFinished`; None: every type). Filters combine (and)."""
+
+    job_id: UUID | None = None
+    library_id: UUID | None = None
+    types: frozenset[str] | None = None
+
+
+@dataclass(frozen=True)
+class AuditPage:
+    """Stored events in global order, each an encoded `EventEnvelope` (one line of JSON).
+
+    `last_position` is where the reading stopped: the next page starts after it. A page may hold fewer
+    events than asked for, even none, when the scan stopped at its bound before finding them; `at_end`
+    says that nothing matching is stored after `last_position` (the end of the store, as it was read)."""
+
+    events: list[bytes]
+    last_position: int
+    at_end: bool
+
+
+class AuditLog(Protocol):
+    """The stored events as the world sees them (SPEC §5 envelopes). Blocking: call through `RunSync`."""
+
+    # the known event type names (what `AuditFilter.types` may hold)
+    def event_types(self) -> frozenset[str]: ...
+    # at most `limit` events stored after position `after` that pass `where`
+    def page(self, after: int, limit: int, where: AuditFilter) -> AuditPage: ...
+    # the job's events, oldest first, also after it was deleted; NotFound when the job never existed
+    # or is another library's
+    def job_history(self, library_id: UUID, job_id: UUID) -> list[bytes]: ...
+    # the job's `LibraryJobDto` right after the change that made `version`; NotFound when the job never
+    # existed here, or had no such version (past the last one, or the deletion's)
+    def job_at_version(self, library_id: UUID, job_id: UUID, version: int) -> bytes: ...

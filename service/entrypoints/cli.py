@@ -6,6 +6,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
+from uuid import UUID
+
+from contracts.nats import CATALOG_EVENT_TYPES, JOB_EVENT_TYPES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,6 +33,24 @@ def _parser() -> argparse.ArgumentParser:
     setup = nats_commands.add_parser("setup", help="create or update the JetStream streams and consumer")
     _store_flags(setup)
 
+    events = commands.add_parser("events", help="print stored events as JSON lines (the audit log)")
+    events.add_argument("--job", dest="events_job", type=_uuid, help="only this job's events")
+    events.add_argument("--library", dest="events_library", type=_uuid, help="only this library's events")
+    events.add_argument(
+        "--type",
+        dest="events_types",
+        type=_event_types,
+        action="append",
+        help="only events of these types (comma-separated or repeated), e.g. JobCreated,RunFinished",
+    )
+    events.add_argument(
+        "--after", dest="events_after", type=_position, default=0, help="start after this position"
+    )
+    events.add_argument(
+        "--follow", dest="events_follow", action="store_true", help="keep printing new events"
+    )
+    _store_flags(events)
+
     asyncapi = commands.add_parser("asyncapi", help="print the AsyncAPI 3 document of the NATS API")
     asyncapi.add_argument("--config", help="TOML config file (or LIBJOBS_CONFIG), for the subject prefix")
 
@@ -44,6 +65,30 @@ def _store_flags(command: argparse.ArgumentParser) -> None:
     """What every command that touches the store or NATS takes, so it finds the data `serve` uses."""
     command.add_argument("--data-dir", dest="data_dir", help="where embedded data lives (default ./.libjobs)")
     command.add_argument("--config", help="TOML config file (or LIBJOBS_CONFIG)")
+
+
+def _uuid(text: str) -> UUID:
+    try:
+        return UUID(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a UUID: {text!r}") from None
+
+
+def _position(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"not a position (an integer >= 0): {text!r}")
+    return int(text)
+
+
+def _event_types(text: str) -> frozenset[str]:
+    names = frozenset(name.strip() for name in text.split(","))
+    unknown = sorted(names.difference(JOB_EVENT_TYPES, CATALOG_EVENT_TYPES))
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown event type(s) {', '.join(map(repr, unknown))}; "
+            f"known: {', '.join((*JOB_EVENT_TYPES, *CATALOG_EVENT_TYPES))}"
+        )
+    return names
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -19,7 +19,7 @@ from litestar.types import ASGIApp, Message, Receive, Send
 
 from service.domain.errors import DomainError
 from service.entrypoints.errors import domain_error, error_body, shape_error, status_phrase
-from service.entrypoints.http import catalog, events, jobs, meta, ops, runs
+from service.entrypoints.http import audit, catalog, events, jobs, meta, ops, runs
 from service.entrypoints.http.auth import AuthError
 from service.entrypoints.http.common import JSON, HttpServices
 from service.ports import RequestObserver
@@ -133,7 +133,14 @@ def create_app(services: HttpServices, *, api: bool = True, debug: bool = False)
     """The app; `api=False` serves only the operational routes (a process without the api role)."""
     router = Router(
         path="/api/v1",
-        route_handlers=[*jobs.ROUTES, *runs.ROUTES, *catalog.ROUTES, *meta.ROUTES, *events.ROUTES],
+        route_handlers=[
+            *jobs.ROUTES,
+            *runs.ROUTES,
+            *catalog.ROUTES,
+            *meta.ROUTES,
+            *events.ROUTES,
+            *audit.ROUTES,
+        ],
         middleware=[authenticating],
         security=[{"ApiKey": []}, {"Bearer": []}],
     )

@@ -21,6 +21,7 @@ from service.entrypoints.http.auth import Authenticator, Principal
 from service.entrypoints.idempotency import Idempotency, check_key, fingerprint
 from service.entrypoints.idempotency import Reply as Reply  # the handlers build replies from here
 from service.ports import (
+    AuditLog,
     CommandContext,
     DryRun,
     IdempotencyStore,
@@ -58,6 +59,7 @@ class HttpServices:
     max_body_bytes: int = 64 * 1024
     live: LiveFeed | None = None  # None: `GET /events` answers 503
     dry_run: DryRun | None = None  # None: `POST …/dry-run` answers 503
+    audit: AuditLog | None = None  # None: the audit routes answer 503
     _idempotent: Idempotency = field(init=False)
 
     def __post_init__(self) -> None:
