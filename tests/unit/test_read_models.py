@@ -335,6 +335,73 @@ def test_an_event_at_an_old_position_is_skipped(models: ReadModels, log: EventLo
     assert (seen(), models.position()) == (("Late", 2), 2)
 
 
+# --- jobs: equal values are shared between rows (memory: 100,000 jobs) ---------------------------------
+
+
+def test_jobs_with_equal_definitions_share_one_after_a_replay_and_after_a_restore(
+    models: ReadModels, log: EventLog
+) -> None:
+    jobs = [new_job(log, enabled=True), new_job(log, enabled=True), new_job(log, library=LIB_B, enabled=True)]
+    jobs.append(new_job(log, name="Other", enabled=True))  # differs by its name only
+    jobs.append(new_job(log, at=minutes(1), enabled=True))
+    live = [job_bytes(models, job) for job in jobs]
+
+    restored = ReadModels()
+    restored.restore(*models.dump())
+    for view in (models, restored):
+        a, b, c, other, later = (view.jobs.rows[job.id] for job in jobs)
+        assert a.definition is b.definition is c.definition is later.definition
+        assert other.definition is not a.definition
+        assert other.definition.config is a.definition.config
+        assert a.library_id is b.library_id is other.library_id
+        assert a.updated_at is a.created_at
+        assert a.next_run_at is not None
+        assert a.next_run_at is b.next_run_at is later.next_run_at
+    assert [job_bytes(restored, job) for job in jobs] == live
+    assert restored.jobs_json(LIB_A) == models.jobs_json(LIB_A)
+
+
+def test_editing_a_job_that_shares_its_definition_changes_that_job_only(
+    models: ReadModels, log: EventLog
+) -> None:
+    first, second = new_job(log), new_job(log)
+    untouched = job_bytes(models, second)
+
+    edit(log, first, at=minutes(1), name="Weekly", cron_schedule="0 5 * * 1", timezone=None)
+    assert (job_dto(models, first).name, job_dto(models, first).cron_schedule) == ("Weekly", "0 5 * * 1")
+    assert job_dto(models, first).timezone is None
+    assert job_bytes(models, second) == untouched
+
+    edit(log, first, at=minutes(2), name="Nightly", cron_schedule="0 4 * * *", timezone="Europe/Paris")
+    assert models.jobs.rows[first.id].definition is models.jobs.rows[second.id].definition
+    assert job_bytes(models, second) == untouched
+
+
+def test_restored_rows_encode_as_replayed_ones_after_a_later_change(
+    models: ReadModels, log: EventLog
+) -> None:
+    jobs = [new_job(log, enabled=True) for _ in range(3)]
+    restored = ReadModels()
+    restored.restore(*models.dump())
+
+    edit(log, jobs[1], at=minutes(5), enabled=False)
+    edit(log, jobs[2], at=minutes(6), name="Renamed")
+    restored.apply(log.batches[-2] + log.batches[-1])
+    assert [job_bytes(restored, job) for job in jobs] == [job_bytes(models, job) for job in jobs]
+    assert restored.jobs_json(LIB_A) == models.jobs_json(LIB_A)
+
+
+def test_definitions_that_no_job_has_any_more_are_forgotten(models: ReadModels, log: EventLog) -> None:
+    job, other = new_job(log), new_job(log, name="Other")
+    for n in range(3_000):
+        edit(log, job, at=minutes(1 + n), name=f"Name {n}")
+    assert len(models.jobs._definitions) <= 1_024  # not one per name this job ever had
+    assert job_dto(models, job).name == "Name 2999"
+    assert job_dto(models, other).name == "Other"
+    again = new_job(log, name="Other")
+    assert models.jobs.rows[again.id].definition is models.jobs.rows[other.id].definition
+
+
 # --- catalog: libraries ------------------------------------------------------------------------------
 
 
