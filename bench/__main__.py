@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench import executor, http_reads, nats, scheduler, visibility, writes
+from bench import cluster, executor, http_reads, nats, rebuild, scheduler, visibility, writes
 from bench.common import Options, Result, table, write_json
 from bench.load import wrk_path
 
@@ -25,6 +25,8 @@ BENCHMARKS: dict[str, Callable[[Options], list[Result]]] = {
     "nats": nats.run,
     "scheduler": scheduler.run,
     "executor": executor.run,
+    "cluster": cluster.run,
+    "rebuild": rebuild.run,
 }
 DEFAULT_OUT = Path("bench/results/latest.json")
 

@@ -150,6 +150,9 @@ def decode_cursor(cursor: str) -> SortKey:
     return title, item_id
 
 
+_ITEM_EVENTS = (Series.Event, Book.Event)  # a tuple: `Series.Event | Book.Event` is made anew each time
+
+
 @dataclass
 class CatalogView:
     libraries: dict[UUID, LibraryRow] = field(default_factory=dict)
@@ -164,7 +167,7 @@ class CatalogView:
         if isinstance(event, Library.Event):
             self._apply_library(event)
             kind = "library"
-        elif isinstance(event, Series.Event | Book.Event):
+        elif isinstance(event, _ITEM_EVENTS):
             kind = "book" if isinstance(event, Book.Event) else "series"
             self._apply_item(self.books if kind == "book" else self.series, event)
         else:

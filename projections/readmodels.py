@@ -52,6 +52,8 @@ class ReadModels:
         self._default_timezone = default_timezone
         self.on_change = on_change
         self.on_run_change = on_run_change
+        # False: `apply` does not note the rows it changes (a replay that writes every row at the end)
+        self.track_changes = True
         self.reset()
 
     def reset(self) -> None:
@@ -71,21 +73,26 @@ class ReadModels:
         # job id → (position, row) of its last change; kept only while someone listens
         changed: dict[UUID, tuple[int, JobRow]] | None = None if listener is None else {}
         runs_changed: dict[UUID, tuple[int, RunRow]] | None = None if run_listener is None else {}
+        dirty = self._dirty if self.track_changes else None
         for position, event in batch:
             if position <= self._position:
                 continue  # already applied: following is at-least-once, applying is exactly-once
             row = self.jobs.apply(event)
             if row is not None:
-                self._dirty.add(("job", str(row.id)))
+                if dirty is not None:
+                    dirty.add(("job", str(row.id)))
                 if changed is not None:
                     changed.pop(row.id, None)  # re-inserted at the end: announced in store order
                     changed[row.id] = (position, row)
             for run in self.runs.apply(event):  # after the jobs: a run needs its job's library
-                self._dirty.add(("run", str(run.id)))
+                if dirty is not None:
+                    dirty.add(("run", str(run.id)))
                 if runs_changed is not None:
                     runs_changed.pop(run.id, None)
                     runs_changed[run.id] = (position, run)
-            self._dirty.update(self.catalog.apply(event))
+            touched = self.catalog.apply(event)
+            if touched and dirty is not None:
+                dirty.update(touched)
             self._position = position
         if changed and listener is not None:
             self._announce(listener, changed.values())
@@ -136,6 +143,12 @@ class ReadModels:
 
     def forget_changes(self) -> None:
         self._dirty.clear()
+
+    def keep_changes(self, upserts: Iterable[ViewRow], deletes: Iterable[tuple[str, str]]) -> None:
+        """Changes taken by `take_changes` that were not written: the next `take_changes` has them again
+        (with the rows as they are by then)."""
+        self._dirty.update((row.kind, row.key) for row in upserts)
+        self._dirty.update(deletes)
 
     def dump(self) -> tuple[int, list[ViewRow]]:
         return self._position, [*self.jobs.dump(), *self.catalog.dump(), *self.runs.dump()]

@@ -25,7 +25,8 @@ from nats.js import JetStreamContext
 from contracts.nats import Subjects
 from projections.jobs import JobRow
 from projections.readmodels import JobChange, ReadModels
-from projections.sqlview import RELAY_NAME, VIEWS_NAME, PostgresViewStore, SqliteViewStore
+from projections.rebuild import PROJECTIONS, Projections
+from projections.sqlview import RELAY_NAME, VIEWS_NAME, PostgresViewStore, RebuildBusy, SqliteViewStore
 from service.adapters.audit import StoreAuditLog
 from service.adapters.follower import Follower
 from service.adapters.group_commit import GroupCommitter
@@ -52,7 +53,7 @@ from service.application import LibraryJobs
 from service.domain.jobs import ValidationPolicy
 from service.domain.refresh import CatalogEntry, ItemKind
 from service.domain.timetable import Fire
-from service.entrypoints import cli
+from service.entrypoints import cli, projections_cli
 from service.entrypoints.asyncapi import asyncapi_yaml
 from service.entrypoints.events_cli import print_events
 from service.entrypoints.executor import RefreshExecutor, RunConsumer
@@ -168,7 +169,7 @@ class Service:
             else None
         )
         self.subjects = Subjects(settings.nats_prefix)
-        self.stream_settings = StreamSettings(run_ack_wait_s=settings.run_ack_wait_s)
+        self.stream_settings = stream_settings(settings)
         self.embedded_nats = None if settings.nats_urls else DataDirNats(settings.data_dir)
         self.nats: NatsLink | None = None
         self.command_subscription: CommandSubscription | None = None
@@ -211,13 +212,7 @@ class Service:
         return PostgresIdempotencyStore(PostgresTarget.from_url(self.settings.database_url))
 
     def _view_store(self, name: str) -> SqliteViewStore | PostgresViewStore:
-        if self.settings.database_url is None:
-            # A file each: SQLite fails a transaction that read before writing when another connection
-            # wrote meanwhile (SQLITE_BUSY_SNAPSHOT), and the relay and the projector write independently.
-            file = "views.sqlite3" if name == VIEWS_NAME else f"{name.split('_')[0]}.sqlite3"
-            return SqliteViewStore(self.settings.data_dir / file, name)
-        target = PostgresTarget.from_url(self.settings.database_url)
-        return PostgresViewStore(target.params(), target.schema, name)
+        return view_store(self.settings, name)
 
     def _job_changed(self, change: JobChange) -> None:
         """On the loop, for every job change the read models apply."""
@@ -335,16 +330,18 @@ class Service:
         if not self._leading:  # newly leading: whatever the table holds, make it equal ours
             position, rows = self.models.dump()
             self.models.forget_changes()
-            await self.run_sync(partial(self.views.save, position, rows, [], replace_all=True))
+            await self.run_sync(partial(self.views.write, position, rows, [], replace_all=True))
             self._leading = True
             return
         position, upserts, deletes = self.models.take_changes()
         if upserts or deletes:
             try:
-                await self.run_sync(self.views.save, position, upserts, deletes)
+                written = await self.run_sync(self.views.write, position, upserts, deletes)
             except Exception:
                 self._leading = False  # these rows are not written: rewrite everything next time
                 raise
+            if not written:  # a rebuild swapped in rows past ours: write these once we are past them
+                self.models.keep_changes(upserts, deletes)
 
     async def _persist_forever(self, interval_s: float = 0.25) -> None:
         while True:
@@ -516,6 +513,11 @@ def api_keys(settings: Settings, *, announce: Callable[[str], None] = print) -> 
     return (ApiKeySpec(id="generated-admin", sha256=digest, scopes=frozenset({"admin"})),)
 
 
+def stream_settings(settings: Settings) -> StreamSettings:
+    """The streams as `serve` and `nats setup` both create them."""
+    return StreamSettings(replicas=settings.nats_replicas, run_ack_wait_s=settings.run_ack_wait_s)
+
+
 def build_http(settings: Settings, *, clock: Clock | None = None) -> tuple[Service, ASGIApp]:
     service = Service(settings, clock=clock)
     authenticator = Authenticator(api_keys(settings), settings.jwt)
@@ -538,7 +540,7 @@ async def nats_setup(settings: Settings, *, out: Callable[[str], None] = print) 
         except TimeoutError:
             return cli.fail(f"cannot reach NATS at {', '.join(urls)}: {link.last_error or 'timed out'}")
         for line in await ensure_streams(
-            link.client.jetstream(), Subjects(settings.nats_prefix), StreamSettings()
+            link.client.jetstream(), Subjects(settings.nats_prefix), stream_settings(settings)
         ):
             out(line)
         return 0
@@ -569,6 +571,42 @@ def print_store_events(settings: Settings, args: Any) -> int:
         store.close()
 
 
+def view_store(settings: Settings, name: str) -> SqliteViewStore | PostgresViewStore:
+    """A persisted view (`projections.sqlview`) in the configured store."""
+    if settings.database_url is None:
+        # A file each: SQLite fails a transaction that read before writing when another connection
+        # wrote meanwhile (SQLITE_BUSY_SNAPSHOT), and the relay and the projector write independently.
+        file = "views.sqlite3" if name == VIEWS_NAME else f"{name.split('_')[0]}.sqlite3"
+        return SqliteViewStore(settings.data_dir / file, name)
+    target = PostgresTarget.from_url(settings.database_url)
+    return PostgresViewStore(target.params(), target.schema, name)
+
+
+def projections_command(settings: Settings, args: Any) -> int:
+    """`libjobs projections`: the store and the persisted views alone (no NATS, scheduler, relay or plugin;
+    a rebuild's read models have no listener, so it fires, publishes and calls nothing)."""
+    with contextlib.ExitStack() as opened:
+        with setup_lock(settings.database_url):
+            env = store_env(
+                data_dir=settings.data_dir,
+                database_url=settings.database_url,
+                pool_size=1,
+                lock_timeout_s=settings.lock_timeout_s,
+            )
+            store = LibraryJobs(
+                env, providers=lambda _: None, library_contents=lambda _: LibraryContents((), (), ())
+            )
+            opened.callback(store.close)
+            views = {p.name: opened.enter_context(contextlib.closing(view_store(settings, p.tracking_name)))
+                     for p in PROJECTIONS}  # fmt: skip
+        reader = StoreReader(store)
+        admin = Projections(
+            views, reader.read, reader.max_position, default_timezone=settings.default_timezone
+        )
+        names, check = getattr(args, "names", None) or (), getattr(args, "check", False)
+        return projections_cli.run(admin, args.projections_command, names, check_only=check)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The `libjobs` console script: parse, load settings, wire, run."""
     args = cli.parse_args(argv)
@@ -586,6 +624,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "nats":
         return asyncio.run(nats_setup(settings))
+    if args.command == "projections":
+        try:
+            return projections_command(settings, args)
+        except KeyboardInterrupt:
+            return 130
+        except (projections_cli.BadName, RebuildBusy) as e:
+            return cli.fail(str(e))
+        except Exception as e:  # the store cannot be read or written: one line, details in the log
+            log.debug("the projections command failed", exc_info=True)
+            return cli.fail(f"projections {args.projections_command}: {e}")
     if args.command == "events":
         try:
             return print_store_events(settings, args)

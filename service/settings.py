@@ -80,6 +80,7 @@ class Settings:
     database_url: str | None = field(default=None, repr=False)  # None: embedded SQLite; may hold a password
     nats_urls: tuple[str, ...] = ()  # empty: embedded nats-server under data_dir
     nats_prefix: str = "libjobs"
+    nats_replicas: int = 1  # copies of each JetStream stream: 3 on a NATS cluster of three or more
     nats_creds: Path | None = None  # a NATS .creds file (JWT + NKey seed)
     nats_tls_ca: Path | None = None  # CA bundle that signed the servers' certificates
     nats_tls_cert: Path | None = None  # client certificate and key, for mutual TLS
@@ -414,6 +415,7 @@ _ENV: Final[dict[str, tuple[str, Parse]]] = {
     "LIBJOBS_DATABASE_URL": ("database_url", _database_url),
     "LIBJOBS_NATS_URL": ("nats_urls", _nats_urls),
     "LIBJOBS_NATS_PREFIX": ("nats_prefix", _nats_prefix),
+    "LIBJOBS_NATS_REPLICAS": ("nats_replicas", functools.partial(_int, lo=1, hi=5)),
     "LIBJOBS_NATS_CREDS": ("nats_creds", _path),
     "LIBJOBS_NATS_TLS_CA": ("nats_tls_ca", _path),
     "LIBJOBS_NATS_TLS_CERT": ("nats_tls_cert", _path),
@@ -465,6 +467,7 @@ _TOP_KEYS: Final = {
     "database_url": _Key("database_url", "string", _database_url, ref=True),
     "nats_urls": _Key("nats_urls", "strings", _nats_urls),
     "nats_prefix": _Key("nats_prefix", "string", _nats_prefix),
+    "nats_replicas": _Key("nats_replicas", "integer", _ENV["LIBJOBS_NATS_REPLICAS"][1]),
     "nats_creds": _Key("nats_creds", "string", _path, path=True),
     "nats_tls_ca": _Key("nats_tls_ca", "string", _path, path=True),
     "nats_tls_cert": _Key("nats_tls_cert", "string", _path, path=True),

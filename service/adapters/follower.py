@@ -7,6 +7,9 @@ PostgreSQL NOTIFY from another process) or the poll interval passes (SQLite has 
 this process hands over its own events (`offer`), which apply at once when they are next in order. Offers
 can arrive out of order (group commit stores several commands at once, and their threads report back in
 any order), so an offer that is ahead waits briefly for the ones before it before the store is read.
+
+Whatever it applies, from an offer or from the store, it can pass on (`on_applied`, on the loop): the
+relay publishes those decoded events instead of reading them back from the store.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
@@ -36,6 +40,7 @@ class Follower:
         batch_size: int = 1000,
         poll_interval_s: float = 0.05,
         on_advance: Callable[[int], None] | None = None,
+        on_applied: Callable[[int, Batch], None] | None = None,
         maybe_changed: Callable[[], bool] | None = None,
         full_poll_every_s: float = 1.0,
     ) -> None:
@@ -46,6 +51,9 @@ class Follower:
         self._batch_size = batch_size
         self._poll_interval_s = poll_interval_s
         self._on_advance = on_advance
+        # (position before, the events applied after it): every stored event after `position before` up
+        # to the last one, in store order, each passed on exactly once
+        self._on_applied = on_applied
         # A cheap test, on the loop, of whether anything may have been stored since it was last asked;
         # when it says no, a poll reads nothing (idle CPU). The store is still read every
         # `full_poll_every_s`, in case the test missed a change.
@@ -57,6 +65,8 @@ class Follower:
         self._wake = asyncio.Event()
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._offers: dict[int, Batch] = {}  # first position → offered batch that is not next yet
+        self._offered: deque[Batch] = deque()  # offers from command threads, not taken by the loop yet
+        self._offers_due = False  # a call to take them is on its way to the loop
         self._gap_timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -84,22 +94,41 @@ class Follower:
     def wake(self) -> None:
         self._wake.set()
 
-    def _call_threadsafe(self, callback: Callable[..., None], *args: Any) -> None:
+    def _call_threadsafe(self, callback: Callable[..., None], *args: Any) -> bool:
         if self._loop is not None and not self._stopping:
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nothing to do
                 self._loop.call_soon_threadsafe(callback, *args)
+                return True
+        return False
 
     def wake_threadsafe(self) -> None:
         self._call_threadsafe(self._wake.set)
 
     def offer(self, saved: Batch) -> None:
-        """From any thread: a command's own stored events, applied on the loop when next in order."""
-        self._call_threadsafe(self._take_offer, saved)
+        """From any thread: a command's own stored events, applied on the loop when next in order.
 
-    def _take_offer(self, saved: Batch) -> None:
-        if not saved or saved[-1][0] <= self._current():
+        Offers made while the loop has not taken the earlier ones yet go with them: one call into the
+        loop (a write to its wake-up pipe) for all, not one each. The call is made before the command
+        returns, so the loop takes the offer before it hears that the command is done."""
+        if not saved:
             return
-        self._offers[saved[0][0]] = saved
+        self._offered.append(saved)
+        if not self._offers_due:
+            self._offers_due = True  # before calling: the loop may take the offers at once
+            if not self._call_threadsafe(self._take_offers):
+                self._offers_due = False
+
+    def _take_offers(self) -> None:
+        self._offers_due = False  # first: an offer made from now on calls again, if the loop below misses it
+        current = self._current()
+        taken = False
+        while self._offered:
+            saved = self._offered.popleft()
+            if saved[-1][0] > current:
+                self._offers[saved[0][0]] = saved
+                taken = True
+        if not taken:
+            return
         self._apply_offers()
         self._settle()
         if self._offers and self._gap_timer is None and self._loop is not None:
@@ -114,10 +143,23 @@ class Follower:
                 break
             batch = self._offers.pop(first)
             if batch[-1][0] > self._current():
-                self._apply(batch)  # skips what it already has
+                self._apply_batch(batch)
         if not self._offers and self._gap_timer is not None:
             self._gap_timer.cancel()
             self._gap_timer = None
+
+    def _apply_batch(self, batch: Batch) -> None:
+        """Applies a batch (skipping what the read models already have) and passes the new events on."""
+        before = self._current()
+        self._apply(batch)
+        if self._on_applied is None or not batch:
+            return
+        after = self._current()
+        if after <= before:
+            return
+        if batch[0][0] <= before or batch[-1][0] > after:
+            batch = [item for item in batch if before < item[0] <= after]
+        self._on_applied(before, batch)
 
     async def wait_for(self, position: int | None, timeout_s: float = 5.0) -> None:
         """Returns once the read models include `position` (read-your-writes)."""
@@ -139,7 +181,7 @@ class Follower:
         loop = asyncio.get_running_loop()
         while True:
             batch = await loop.run_in_executor(self._executor, self._read, self._current(), self._batch_size)
-            self._apply(batch)
+            self._apply_batch(batch)
             if len(batch) < self._batch_size:
                 break
         self._gap_timer = None  # the store was read: a new gap deserves a new wait

@@ -19,45 +19,68 @@ from eventsourcing.persistence import IntegrityError
 Save = Callable[..., Sequence[Any]]  # eventsourcing's Application.save: aggregates → recordings
 
 
-@dataclass
+def _held() -> threading.Lock:
+    lock = threading.Lock()
+    lock.acquire()
+    return lock
+
+
+@dataclass(eq=False)
 class _Pending:
     events: list[Any]  # collected once: saving an aggregate empties its pending events
     done: bool = False
     result: list[Any] = field(default_factory=list)
     error: BaseException | None = None
+    # Released once, for this caller alone: its save is done, or it is its turn to lead. (A condition
+    # notified for all would wake every waiting thread after each transaction, to find most of them
+    # still waiting: each wake-up is a thread switch and a fight for the GIL.)
+    wake: threading.Lock = field(default_factory=_held)
 
 
 class GroupCommitter:
     def __init__(self, save: Save, max_batch: int = 64) -> None:
         self._save = save
         self._max_batch = max_batch
-        self._lock = threading.Condition()
+        self._mutex = threading.Lock()
         self._pending: list[_Pending] = []
         self._leading = False
 
     def save(self, *aggregates: Any) -> list[Any]:
         mine = _Pending([event for aggregate in aggregates for event in aggregate.collect_events()])
-        with self._lock:
+        with self._mutex:
             self._pending.append(mine)
-            while not mine.done and self._leading:
-                self._lock.wait()
-            leader = not mine.done
-            if leader:
-                self._leading = True
-        if leader:
-            try:
-                while not mine.done:  # its own save may be behind a full batch
-                    with self._lock:
-                        batch = self._pending[: self._max_batch]
-                        del self._pending[: self._max_batch]
-                    self._commit(batch)
-            finally:
-                with self._lock:
-                    self._leading = False
-                    self._lock.notify_all()
+            leader = not self._leading
+            self._leading = True
+        if not leader:
+            mine.wake.acquire()  # until its save is done, or the leader hands over
+        if not mine.done:
+            self._lead(mine)
         if mine.error is not None:
             raise mine.error
         return mine.result
+
+    def _lead(self, mine: _Pending) -> None:
+        """Commits what is pending, a batch per transaction, until its own save is done; then hands the
+        lead to the first save still pending (or stops leading)."""
+        try:
+            while not mine.done:  # its own save may be behind a full batch
+                with self._mutex:
+                    batch = self._pending[: self._max_batch]
+                    del self._pending[: self._max_batch]
+                try:
+                    self._commit(batch)
+                finally:
+                    for item in batch:
+                        if not item.done:  # only if committing itself broke: never leave a caller waiting
+                            item.error, item.done = RuntimeError("group commit failed"), True
+                        if item is not mine:
+                            item.wake.release()
+        finally:
+            with self._mutex:
+                successor = self._pending[0] if self._pending else None
+                self._leading = successor is not None
+            if successor is not None:
+                successor.wake.release()  # not done: it leads now
 
     def _commit(self, batch: list[_Pending]) -> None:
         """Answers every save of the batch: recordings, or the error that concerns it."""

@@ -51,6 +51,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     _store_flags(events)
 
+    projections = commands.add_parser("projections", help="the persisted read models: list, status, rebuild")
+    views = projections.add_subparsers(dest="projections_command", required=True, parser_class=_Parser)
+    _store_flags(views.add_parser("list", help="name the persisted projections"))
+    status = views.add_parser("status", help="each projection's position, lag behind the store, and rows")
+    status.add_argument("names", nargs="*", metavar="NAME", help="only these projections")
+    _store_flags(status)
+    rebuild = views.add_parser("rebuild", help="rebuild from position 0 into a new table and swap it in")
+    rebuild.add_argument("names", nargs="*", metavar="NAME", help="which ones (default: every rebuildable)")
+    rebuild.add_argument(
+        "--check", action="store_true", help="only compare a replay with the live rows; write nothing"
+    )
+    _store_flags(rebuild)
+
     asyncapi = commands.add_parser("asyncapi", help="print the AsyncAPI 3 document of the NATS API")
     asyncapi.add_argument("--config", help="TOML config file (or LIBJOBS_CONFIG), for the subject prefix")
 

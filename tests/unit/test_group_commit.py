@@ -7,12 +7,13 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from eventsourcing.persistence import IntegrityError
 
+from service.adapters import group_commit
 from service.adapters.group_commit import GroupCommitter
 
 pytestmark = pytest.mark.unit
@@ -135,3 +136,78 @@ def test_a_leader_behind_a_full_batch_still_saves_its_own() -> None:
     results = save_concurrently(GroupCommitter(store.save, max_batch=2), aggregates)
     assert all(len(r) == 1 for r in results)
     assert sorted(i for t in store.transactions for i in t) == sorted(a.id for a in aggregates)
+
+
+class CountedWake:
+    """A caller's wake-up lock (held until released) that counts the waits and the releases."""
+
+    waits = 0
+    releases = 0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def acquire(self) -> bool:
+        CountedWake.waits += 1
+        return self._lock.acquire()
+
+    def release(self) -> None:
+        CountedWake.releases += 1
+        self._lock.release()
+
+
+@dataclass(eq=False)
+class CountedPending(group_commit._Pending):
+    wake: Any = field(default_factory=CountedWake)
+
+
+def test_each_waiting_caller_sleeps_once_and_is_woken_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For its own answer or for its turn to lead, never to find it must wait again (a condition notified
+    for all wakes every waiting thread after each transaction: a thread switch and a fight for the GIL
+    each)."""
+    monkeypatch.setattr(group_commit, "_Pending", CountedPending)
+    CountedWake.waits = CountedWake.releases = 0
+    store = SlowStore()
+    aggregates = [Aggregate(uuid.uuid4()) for _ in range(24)]
+    results = save_concurrently(GroupCommitter(store.save, max_batch=4), aggregates)
+    assert all(len(r) == 1 for r in results)
+    assert len(store.transactions) >= 6  # several transactions: many chances to wake callers in vain
+    assert CountedWake.waits == CountedWake.releases
+    assert 0 < CountedWake.waits < len(aggregates)  # the first caller leads without waiting
+
+
+def test_many_callers_with_conflicts_and_failures_all_get_an_answer() -> None:
+    """A stress test of the hand-over between leaders: every save is stored or refused, none hangs."""
+    failing = threading.Event()
+
+    class Flaky(SlowStore):
+        def save(self, *events: Event) -> list[Recording]:
+            if failing.is_set() and len(events) > 1:
+                failing.clear()
+                raise OSError("disk hiccup")
+            return super().save(*events)
+
+    aggregates = [Aggregate(uuid.uuid4()) for _ in range(200)]
+    store = Flaky(conflicting={a.id for a in aggregates[::17]})
+    committer = GroupCommitter(store.save, max_batch=8)
+    answers: dict[uuid.UUID, str] = {}
+
+    def one(aggregate: Aggregate) -> None:
+        if aggregate is aggregates[100]:
+            failing.set()
+        try:
+            committer.save(aggregate)
+            answers[aggregate.id] = "stored"
+        except IntegrityError:
+            answers[aggregate.id] = "conflict"
+        except OSError:
+            answers[aggregate.id] = "failed"
+
+    with ThreadPoolExecutor(32) as pool:
+        list(pool.map(one, aggregates, timeout=60))
+    assert len(answers) == len(aggregates)
+    stored = {i for t in store.transactions for i in t}
+    assert {a for a, answer in answers.items() if answer == "stored"} == stored
+    assert all(answers[a.id] in ("conflict", "failed") for a in aggregates[::17])  # failed: the hiccup
+    assert list(answers.values()).count("failed") <= 8  # one batch hit the hiccup
