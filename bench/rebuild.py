@@ -29,6 +29,7 @@ is the median rebuild rate against the median read rate, target ≥ 40 %.
 from __future__ import annotations
 
 import gc
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -133,6 +134,17 @@ def _save_all(app: LibraryJobs, jobs: list[LibraryJob]) -> None:
         app.save(*jobs[start : start + JOBS_PER_SAVE])
 
 
+def _told(name: str, measure: Callable[[], float]) -> Callable[[], float]:
+    """`measure`, saying each rate on stderr as it comes (a round of the full size takes minutes)."""
+
+    def told() -> float:
+        rate = measure()
+        print(f"   {name}: {rate:,.0f} events/s", file=sys.stderr, flush=True)
+        return rate
+
+    return told
+
+
 def _read_all(reader: StoreReader) -> int:
     """Reads and decodes every stored event, as a rebuild reads them; returns how many."""
     position, count = 0, 0
@@ -190,7 +202,7 @@ def _compare(title: str, options: Options, reader: StoreReader, views: Any, even
             "read, cyclic gc on": partial(read_once, True),
             "rebuild": rebuild_once,
         }
-        samples = interleave(_rounds(options), contenders)
+        samples = interleave(_rounds(options), {name: _told(name, f) for name, f in contenders.items()})
     measured = reports[1:]
     rebuild_rate, read_rate = median(samples["rebuild"]), median(samples["read"])
     last = measured[-1]

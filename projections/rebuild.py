@@ -144,14 +144,14 @@ class RebuildReport:
 
 def compare(live: Iterable[ViewRow], rebuilt: Iterable[ViewRow]) -> list[Difference]:
     """Every row that is not byte-for-byte the same, by (kind, key)."""
-    theirs = {(row.kind, row.key): row for row in live}
-    ours = {(row.kind, row.key): row for row in rebuilt}
-    found = [
-        Difference(kind, key, "missing" if (kind, key) not in theirs else "different")
-        for (kind, key), row in ours.items()
-        if theirs.get((kind, key)) != row
-    ]
-    found += [Difference(kind, key, "extra") for kind, key in theirs.keys() - ours.keys()]
+    theirs, ours = set(live), set(rebuilt)
+    if theirs == ours:
+        return []
+    their_keys = {(row.kind, row.key) for row in theirs - ours}
+    our_keys = {(row.kind, row.key) for row in ours - theirs}
+    found = [Difference(kind, key, "different") for kind, key in their_keys & our_keys]
+    found += [Difference(kind, key, "extra") for kind, key in their_keys - our_keys]
+    found += [Difference(kind, key, "missing") for kind, key in our_keys - their_keys]
     return sorted(found, key=lambda d: (d.kind, d.key))
 
 
@@ -194,50 +194,16 @@ def rebuild(
     progress: Progress | None = None,
 ) -> RebuildReport:
     """Rebuilds the view from position 0 and swaps it in (see the module's docstring); `check_only`
-    stops after the comparison, writing nothing. Raises `RebuildBusy` when another rebuild runs."""
+    stops after the comparison, writing nothing. Raises `RebuildBusy` when another rebuild runs.
+
+    The cyclic garbage collector is off meanwhile: the models are objects that live as long as the
+    rebuild, and it would only walk them again and again (as at a service's start, `Service.start`)."""
     started = time.perf_counter()
     report = RebuildReport(name)
     table = target.begin_rebuild()
-    end = 0
-
-    def tell(position: int) -> None:
-        if progress is not None:
-            progress("replay", position, max(end, position))
-
     try:
-        models = ReadModels(default_timezone=default_timezone)  # no listener: nothing fires, nothing is told
-        live_position, live_rows = target.load()
-        end = max_position()  # after the load: the live rows cannot be past the store unless they are stale
-        tell(0)
-        rows: list[ViewRow] | None = None  # the models' rows at their position, once taken
         with _without_cyclic_gc():
-            if live_position > end:
-                report.live_ahead = True
-            elif live_position > 0 or live_rows:
-                report.events += replay(models, read, until=live_position, batch=batch, on_batch=tell)
-                rows = models.dump()[1]
-                found = compare(live_rows, rows)
-                report.compared_position, report.compared_rows = live_position, len(live_rows)
-                report.differences, report.examples = len(found), found[:EXAMPLES]
-            del live_rows
-            if check_only:
-                report.position = models.position()
-                return report
-            applied = replay(models, read, batch=batch, on_batch=tell)
-            report.events += applied
-            if applied or rows is None:
-                rows = models.dump()[1]
-        report.table = table
-        _write_all(target, table, rows, progress)
-        report.rows = len(rows)
-        del rows
-        models.forget_changes()
-        applied = _swap(target, table, models, read, max_position, report, batch)
-        if applied:
-            report.events += applied
-            report.rows = len(models.dump()[1])
-        report.position = models.position()
-        target.drop_rows(report.replaced)
+            _rebuild(target, table, read, max_position, report, default_timezone, check_only, batch, progress)
         return report
     finally:
         if report.table and not report.swapped:
@@ -247,10 +213,57 @@ def rebuild(
         report.seconds = time.perf_counter() - started
 
 
+def _rebuild(
+    target: ViewTarget,
+    table: str,
+    read: Read,
+    max_position: Callable[[], int],
+    report: RebuildReport,
+    default_timezone: str,
+    check_only: bool,
+    batch: int,
+    progress: Progress | None,
+) -> None:
+    models = ReadModels(default_timezone=default_timezone)  # no listener: nothing fires, nothing is told
+    live_position, live_rows = target.load()
+    end = max_position()  # after the load: the live rows cannot be past the store unless they are stale
+
+    def tell(position: int) -> None:
+        if progress is not None:
+            progress("replay", position, max(end, position))
+
+    tell(0)
+    rows: list[ViewRow] | None = None  # the models' rows at their position, once taken
+    if live_position > end:
+        report.live_ahead = True
+    elif live_position > 0 or live_rows:
+        report.events += replay(models, read, until=live_position, batch=batch, on_batch=tell)
+        rows = models.dump()[1]
+        found = compare(live_rows, rows)
+        report.compared_position, report.compared_rows = live_position, len(live_rows)
+        report.differences, report.examples = len(found), found[:EXAMPLES]
+    del live_rows
+    if check_only:
+        report.position = models.position()
+        return
+    applied = replay(models, read, batch=batch, on_batch=tell)
+    report.events += applied
+    if applied or rows is None:
+        rows = models.dump()[1]
+    report.table = table
+    _write_all(target, table, rows, progress)
+    report.rows = len(rows)
+    del rows
+    applied = _swap(target, table, models, read, max_position, report, batch)
+    if applied:
+        report.events += applied
+        report.rows = len(models.dump()[1])
+    report.position = models.position()
+    target.drop_rows(report.replaced)
+
+
 @contextlib.contextmanager
 def _without_cyclic_gc() -> Iterator[None]:
-    """A replay builds objects that live as long as the models and frees next to nothing cyclic: the
-    cyclic collector would only walk them again and again (as at a service's start, `Service.start`)."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -260,8 +273,11 @@ def _without_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
-def _write_all(target: ViewTarget, table: str, rows: Sequence[ViewRow], progress: Progress | None) -> None:
-    """Every row, as a new generation, a chunk at a time."""
+def _write_all(target: ViewTarget, table: str, rows: list[ViewRow], progress: Progress | None) -> None:
+    """Every row, as a new generation, a chunk at a time, in key order: the table's index is written in
+    order, and the generation is dropped later in order (SQLite: three times faster than in the
+    models' order, by random ids)."""
+    rows.sort()  # by kind, then key: no two rows have both the same
     for start in range(0, len(rows), WRITE_CHUNK):
         target.write_staged(table, rows[start : start + WRITE_CHUNK], fresh=True)
         if progress is not None:

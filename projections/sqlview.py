@@ -31,6 +31,7 @@ from typing import Any
 import psycopg
 from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
+from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier
 
 from projections.rows import ViewRow
@@ -157,7 +158,7 @@ class SqliteViewStore(SQLiteTrackingRecorder):
             position = self._position(c)
             select = "SELECT kind, key, library_id, payload FROM libjobs_view_rows WHERE view = ?"
             c.execute(select, (table,))
-            rows = [ViewRow(r[0], r[1], r[2], bytes(r[3])) for r in c.fetchall()]
+            rows = list(map(ViewRow._make, c.fetchall()))  # (a BLOB is read as bytes)
         return position, rows
 
     def save(
@@ -401,11 +402,14 @@ class PostgresViewStore(PostgresTrackingRecorder):
             self._snapshot(c)
             table = self._live(c)
             position = self._position(c)
-            c.execute(
-                SQL("SELECT kind, key, library_id, payload FROM {} WHERE view = %s").format(self._table),
-                (table,),
-            )
-            rows = [ViewRow(r["kind"], r["key"], r["library_id"], bytes(r["payload"])) for r in c.fetchall()]
+            # tuples, made into rows directly; binary: the payloads are not hex-decoded
+            with c.connection.cursor(row_factory=tuple_row) as tuples:
+                tuples.execute(
+                    SQL("SELECT kind, key, library_id, payload FROM {} WHERE view = %s").format(self._table),
+                    (table,),
+                    binary=True,
+                )
+                rows = list(map(ViewRow._make, tuples.fetchall()))
         return position, rows
 
     def save(

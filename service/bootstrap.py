@@ -143,6 +143,7 @@ class Service:
             batch_size=CATCH_UP_BATCH,
             poll_interval_s=0.02 if settings.database_url is None else 1.0,
             on_advance=self._advanced,
+            on_applied=lambda after, batch: self.relay.feed(after, batch),  # the relay need not read back
             maybe_changed=(
                 None if settings.database_url else SqliteChangeProbe(sqlite_events_file(settings.data_dir))
             ),

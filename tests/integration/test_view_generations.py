@@ -12,7 +12,7 @@ import pytest
 from projections.readmodels import ReadModels
 from projections.rows import ViewRow
 from projections.sqlview import VIEWS_NAME, PostgresViewStore, RebuildBusy, SqliteViewStore, next_generation
-from service.adapters.store import StoreReader
+from service.adapters.store import PostgresTarget, StoreReader, ensure_schema
 from service.bootstrap import Service, view_store
 from service.domain.jobs import PatchDraft
 from service.settings import Settings
@@ -30,6 +30,8 @@ def row(key: str, payload: bytes = b"{}") -> ViewRow:
 @pytest.fixture
 def views(settings: Settings) -> Iterator[ViewStore]:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.database_url is not None:  # a service makes its schema when it opens the store; here first
+        ensure_schema(PostgresTarget.from_url(settings.database_url))
     store = view_store(settings, VIEWS_NAME)
     yield store
     store.close()
