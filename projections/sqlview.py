@@ -497,11 +497,12 @@ class PostgresViewStore(PostgresTrackingRecorder):
         for start in range(0, max(len(upserts), len(deletes)), CHUNK):
             chunk = upserts[start : start + CHUNK]
             with self.datastore.transaction(commit=True) as c:
-                if fresh:
-                    copy = SQL("COPY {} (view, kind, key, library_id, payload) FROM STDIN")
+                if fresh:  # binary: the payloads go as they are, not hex-encoded
+                    copy = SQL("COPY {} (view, kind, key, library_id, payload) FROM STDIN (FORMAT BINARY)")
                     with c.copy(copy.format(self._table)) as rows:
+                        rows.set_types(["text", "text", "text", "text", "bytea"])
                         for r in chunk:
-                            rows.write_row((table, r.kind, r.key, r.library_id, r.payload))
+                            rows.write_row((table, *r))
                 else:
                     self._put_rows(c, table, chunk, deletes[start : start + CHUNK])
 

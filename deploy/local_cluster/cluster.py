@@ -45,6 +45,8 @@ from typing import Any
 
 import httpx
 
+from service.adapters.nats.embedded import free_port
+
 ROLES = ("api", "scheduler", "executor", "projector")
 DEFAULT_REPLICAS: Mapping[str, int] = {"api": 2, "scheduler": 2, "executor": 2, "projector": 1}
 NATS_NODES = 3
@@ -61,12 +63,6 @@ DEFAULT_PLUGIN_DATA: Mapping[str, Any] = {
 
 class ClusterError(RuntimeError):
     """A process of the cluster did not start or did not become ready; the message quotes its log."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def libjobs_command() -> list[str]:

@@ -17,7 +17,14 @@ import pytest
 from nats.aio.client import Client
 from nats.js.api import StorageType
 
-from service.adapters.nats.embedded import DataDirNats, EmbeddedNats, EmbeddedNatsError, greets, running_url
+from service.adapters.nats.embedded import (
+    DataDirNats,
+    EmbeddedNats,
+    EmbeddedNatsError,
+    free_port,
+    greets,
+    running_url,
+)
 from tests.integration.harness import eventually
 from tests.support.nats import NatsServer
 
@@ -221,3 +228,15 @@ async def test_processes_on_one_data_dir_share_one_server(tmp_path: Path) -> Non
     await third.start()
     assert third.owner
     await third.stop()
+
+
+def test_free_ports_are_outside_the_range_outgoing_connections_take_their_ports_from() -> None:
+    """A port picked by bind(0) can be taken by any client socket before the server binds it (the
+    local cluster's HAProxy once lost its port that way); free_port picks below the ephemeral range."""
+    low, _high = (int(n) for n in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    ports = {free_port() for _ in range(20)}
+    assert all(port < low for port in ports), (low, sorted(ports))
+    assert len(ports) > 1  # random, not one fixed port every caller would share
+    for port in ports:
+        with socket.socket() as sock:
+            assert bound(sock, port)

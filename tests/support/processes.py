@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,17 +13,13 @@ from pathlib import Path
 
 import httpx
 
+from service.adapters.nats.embedded import free_port
+
 
 def libjobs_command() -> list[str]:
     """The installed `libjobs` console script (as README installs it), else the same entry point."""
     script = Path(sys.executable).parent / "libjobs"
     return [str(script)] if script.exists() else [sys.executable, "-m", "service.bootstrap"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -25,6 +25,7 @@ import ctypes
 import fcntl
 import logging
 import os
+import random
 import re
 import shutil
 import signal
@@ -33,6 +34,7 @@ import sys
 import sysconfig
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Final
 from urllib.parse import urlsplit
 
 __all__ = [
@@ -95,11 +97,38 @@ def nats_server_binary() -> Path:
     return Path(found)
 
 
+# Where free_port looks when the kernel's ephemeral range leaves room below it.
+_LOWEST_PICKED_PORT: Final = 10_000
+_EPHEMERAL_RANGE: Final = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port the kernel just handed out on `host` (IPv4); another process may still take it first."""
+    """A port free on `host` (IPv4) now, for a server to bind a moment later.
+
+    Picked at random below the kernel's ephemeral range: every outgoing connection takes its local port
+    from that range, so a port the kernel hands out for `bind(0)` can be taken by any client socket (a
+    database or NATS connection) before the server binds it. Below the range only another process that
+    picks ports the same way can take it first, one chance in about 20,000."""
+    low = _ephemeral_low()
+    for _ in range(100 if low > _LOWEST_PICKED_PORT + 1_000 else 0):
+        port = random.randrange(_LOWEST_PICKED_PORT, low)  # noqa: S311 (not a secret)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux; 32768, its default, elsewhere)."""
+    try:
+        return int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
 
 
 def server_command(binary: Path, host: str, port: int, store_dir: Path) -> list[str]:
