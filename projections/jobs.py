@@ -30,6 +30,8 @@ from service.domain.timezones import zone
 _encode = msgspec.json.encode
 _SHARED_MIN = 1024  # distinct definitions kept before the first look for ones no job has any more
 _INSTANTS_MAX = 1024  # distinct instants remembered while restoring rows
+_USER_CHANGES = (LibraryJob.Updated, LibraryJob.Enabled, LibraryJob.Disabled)
+_RUN_EVENTS = (LibraryJob.RunRequested, LibraryJob.FireSkipped, LibraryJob.RunFinished)
 
 
 @dataclass(slots=True)
@@ -90,6 +92,9 @@ class JobsView:
     _instants: dict[datetime, datetime] = field(default_factory=dict)  # restored rows' instants
     # the last restored row's config, decoded and shared: the next row's is most often the same
     _restored_config: tuple[MetadataRefreshConfigDto, RefreshConfig] | None = None
+    # while not None, changed rows are noted here and encoded by `encode_deferred`, once each: a replay
+    # changes a job's row some 25 times and needs its bytes only at the end
+    deferred: set[UUID] | None = None
 
     def apply(self, event: Any) -> JobRow | None:
         """Applies one stored event; returns the row of the job it changed, if any (a deleted job's row
@@ -119,16 +124,28 @@ class JobsView:
                 del self.rows[job_id]
                 self.by_library.get(row.library_id, {}).pop(job_id, None)
                 self._lists.pop(row.library_id, None)
+                if self.deferred is not None:
+                    self.deferred.discard(job_id)
                 return row
-            if isinstance(event, LibraryJob.Updated | LibraryJob.Enabled | LibraryJob.Disabled):
+            if isinstance(event, _USER_CHANGES):
                 self._apply_change(row, event)
-            elif isinstance(event, LibraryJob.RunRequested | LibraryJob.FireSkipped | LibraryJob.RunFinished):
+            elif isinstance(event, _RUN_EVENTS):
                 self._apply_run_event(row, event)
             else:
                 return None
-        row.json = _encode(row.to_dto())
+        if self.deferred is None:
+            row.json = _encode(row.to_dto())
+        else:
+            self.deferred.add(job_id)
         self._lists.pop(row.library_id, None)
         return row
+
+    def encode_deferred(self) -> None:
+        """Encodes the rows changed since deferring began, and stops deferring."""
+        deferred, self.deferred = self.deferred, None
+        for job_id in deferred or ():
+            row = self.rows[job_id]
+            row.json = _encode(row.to_dto())
 
     def _apply_change(
         self, row: JobRow, event: LibraryJob.Updated | LibraryJob.Enabled | LibraryJob.Disabled
@@ -223,6 +240,10 @@ class JobsView:
         return instant
 
     # --- queries ------------------------------------------------------------------------------------
+
+    def library_of(self, job_id: UUID) -> UUID | None:
+        row = self.rows.get(job_id)
+        return None if row is None else row.library_id
 
     def job_json(self, library_id: UUID, job_id: UUID) -> tuple[bytes, int] | None:
         row = self.rows.get(job_id)

@@ -167,18 +167,24 @@ def replay(
     """Applies the events stored after the models' position (up to `until`); returns how many.
 
     Without `keep_changes` the models do not note which rows change (a replay writes every row at the
-    end; the set would only grow); with it, `take_changes` tells them afterwards."""
+    end; the set would only grow) and encode each changed row once, when the replay is over; with it,
+    `take_changes` tells them afterwards."""
     applied, models.track_changes = 0, keep_changes
-    while until is None or models.position() < until:
-        events = read(models.position(), batch)
-        if until is not None and events and events[-1][0] > until:
-            events = [event for event in events if event[0] <= until]
-        if not events:
-            break
-        models.apply(events)
-        applied += len(events)
-        if on_batch is not None:
-            on_batch(models.position())
+    if not keep_changes:
+        models.defer_encoding()  # nothing reads the rows before the replay is over
+    try:
+        while until is None or models.position() < until:
+            events = read(models.position(), batch)
+            if until is not None and events and events[-1][0] > until:
+                events = [event for event in events if event[0] <= until]
+            if not events:
+                break
+            models.apply(events)
+            applied += len(events)
+            if on_batch is not None:
+                on_batch(models.position())
+    finally:
+        models.encode_deferred()
     return applied
 
 

@@ -72,10 +72,14 @@ class RunRow:
         """The run's DTO, to change and `store`."""
         return self.open_dto if self.open_dto is not None else _decode(self.json)
 
-    def store(self, dto: RunDto) -> None:
+    def store(self, dto: RunDto, *, defer: bool = False) -> None:
+        """Takes the run's new DTO; `defer`: keeps it to be encoded later (`encode`), not now."""
         self.final = dto.status in FINAL_RUN_STATES
-        self.json = _encode(dto)
-        self.open_dto = None if self.final else dto
+        if defer:
+            self.open_dto = dto
+        else:
+            self.json = _encode(dto)
+            self.open_dto = None if self.final else dto
 
 
 _PROGRESSING = (LibraryJob.RunStarted, LibraryJob.RunProgressed)
@@ -119,6 +123,9 @@ class RunsView:
     library_of: Callable[[UUID], UUID | None]
     rows: dict[UUID, RunRow] = field(default_factory=dict)  # run id → row
     by_job: dict[UUID, list[RunRow]] = field(default_factory=dict)  # job id → rows, in `key` order
+    # while not None, changed rows keep their DTO, noted here, for `encode_deferred` to encode once each
+    # (a replay changes a run's row four times and needs its bytes only at the end)
+    deferred: set[UUID] | None = None
 
     def apply(self, event: Any) -> list[RunRow]:
         """Applies one stored event; returns the rows it changed or removed (a removed row is no longer
@@ -172,7 +179,7 @@ class RunsView:
             dto.progress = _progress(event.progress)
             dto.skipped = _skipped(event.skipped)
             dto.fields_changed = event.fields_changed
-        row.store(dto)
+        self._store(row, dto)
         return [row]
 
     def _finished(self, event: LibraryJob.RunFinished) -> list[RunRow]:
@@ -209,13 +216,28 @@ class RunsView:
             dto.started_at = _utc(event.started_at)
         dto.attempt = max(dto.attempt, 1)
         dto.progress = _progress(event.counts)
-        row.store(dto)
+        self._store(row, dto)
         return [row]
+
+    def _store(self, row: RunRow, dto: RunDto) -> None:
+        if self.deferred is None:
+            row.store(dto)
+        else:
+            row.store(dto, defer=True)
+            self.deferred.add(row.id)
+
+    def encode_deferred(self) -> None:
+        """Encodes the rows changed since deferring began, and stops deferring."""
+        deferred, self.deferred = self.deferred, None
+        for run_id in deferred or ():
+            row = self.rows.get(run_id)  # None: dropped meanwhile (retention, the job deleted)
+            if row is not None and row.open_dto is not None:
+                row.store(row.open_dto)
 
     def _insert(self, dto: RunDto) -> list[RunRow]:
         """Adds a new run in its place, then drops the oldest finished runs beyond the job's quota."""
         row = RunRow(dto.id, dto.job_id, dto.library_id, _run_key(dto.requested_at, dto.id), False, b"")
-        row.store(dto)
+        self._store(row, dto)
         self.rows[row.id] = row
         runs = self.by_job.setdefault(row.job_id, [])
         bisect.insort(runs, row, key=_row_key)
