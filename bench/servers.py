@@ -21,10 +21,11 @@ import httpx
 import msgspec
 
 from bench.common import Goal, Result, skipped, stage
+from service.adapters.nats.embedded import free_port
 from service.adapters.store import store_env
 from service.settings import Settings
 from tests.support.postgres import base_url, fresh_schema
-from tests.support.processes import ServeProcess, environment, free_port
+from tests.support.processes import ServeProcess, environment
 
 API_KEY = "lj_bench_" + "k" * 32
 PLUGIN = "bench"

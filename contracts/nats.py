@@ -342,6 +342,17 @@ class MetadataRefreshed(
     skipped: list[SkippedField] = msgspec.field(default_factory=list)
 
 
+class SchedulerPresence(msgspec.Struct, rename="camel", kw_only=True):
+    """A scheduler replica saying it is alive (every second), or leaving, on ``{p}.scheduler.presence``.
+
+    Replicas share the jobs out among the members they hear from (docs/architecture.md, "Sharing fires
+    out"); who claims a fire first is all it decides, never whether a fire happens once.
+    """
+
+    member: str  # the replica's id, new at each start
+    leaving: bool = False
+
+
 # ------------------------------------------------------------------------------------------------
 # Subjects
 
@@ -422,6 +433,10 @@ class Subjects:
 
     def metadata_refreshed(self, library_id: UUID | str) -> str:
         return f"{self.prefix}.metadata.refreshed.{_token(library_id, 'libraryId')}"
+
+    @property
+    def scheduler_presence(self) -> str:
+        return f"{self.prefix}.scheduler.presence"
 
     # streams
     @property

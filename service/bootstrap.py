@@ -36,6 +36,7 @@ from service.adapters.logs import AccessLog, configure_logging
 from service.adapters.metrics import Metrics
 from service.adapters.nats.client import NatsLink, NatsOptions
 from service.adapters.nats.embedded import DataDirNats
+from service.adapters.nats.presence import Presence
 from service.adapters.nats.relay import Relay
 from service.adapters.nats.streams import StreamSettings, ensure_streams
 from service.adapters.plugins.directory import PluginDirectory
@@ -93,14 +94,17 @@ class Service:
             on_change=self._job_changed,
             on_run_change=self.live.run_changed,
         )
+        self.subjects = Subjects(settings.nats_prefix)
+        self.presence = Presence(self.subjects.scheduler_presence) if "scheduler" in settings.roles else None
         self.scheduler = (
             Scheduler(
                 claim=self._claim_fires,
                 clock=self.clock,
                 catchup_window=timedelta(seconds=settings.catchup_window_s),
                 on_fire=self.metrics.observe_fire,
+                owns=self.presence.owns,
             )
-            if "scheduler" in settings.roles
+            if self.presence is not None
             else None
         )
         self.plugin_host = PluginHost(
@@ -169,7 +173,6 @@ class Service:
             if "executor" in settings.roles
             else None
         )
-        self.subjects = Subjects(settings.nats_prefix)
         self.stream_settings = stream_settings(settings)
         self.embedded_nats = None if settings.nats_urls else DataDirNats(settings.data_dir)
         self.nats: NatsLink | None = None
@@ -253,6 +256,8 @@ class Service:
             self.relay.start(js)
         if self.run_consumer is not None:
             self.run_consumer.start(js)
+        if self.presence is not None:
+            await self.presence.start(client)
         if "api" in self.settings.roles and self.command_subscription is None:  # this step may be retried
             self.command_subscription = await serve_commands(client, self._command_responder())
 
@@ -287,6 +292,8 @@ class Service:
         self.nats.start()
 
     async def _stop_nats(self) -> None:
+        if self.presence is not None:  # after the scheduler stopped: the others take its jobs from now
+            await self.presence.stop()
         if self.command_subscription is not None:
             await self.command_subscription.drain()
         if self.run_consumer is not None:

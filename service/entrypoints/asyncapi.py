@@ -45,6 +45,7 @@ from contracts.nats import (
     EventEnvelope,
     JobRunRequested,
     MetadataRefreshed,
+    SchedulerPresence,
     Subjects,
 )
 
@@ -227,6 +228,7 @@ def _schemas() -> dict[str, Any]:
         EventEnvelope,
         JobRunRequested,
         MetadataRefreshed,
+        SchedulerPresence,
     ]
     _, components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
     cleaned: dict[str, Any] = _clean_descriptions(components)
@@ -390,6 +392,18 @@ def _published(subjects: Subjects) -> list[_Published]:
             description=f"Items changed by refresh runs, in stream `{EVENTS_STREAM}`, for the library server "
             "to apply.",
             example=_METADATA_REFRESHED_EXAMPLE,
+            headers=None,
+        ),
+        _Published(
+            channel="schedulerPresence",
+            address=subjects.scheduler_presence,
+            message="SchedulerPresence",
+            struct=SchedulerPresence,
+            summary="A scheduler replica is alive, or leaving.",
+            description="Core NATS (not stored). Each scheduler replica publishes its id every second and "
+            "`leaving: true` when it stops; replicas share the jobs out among those heard from in the last "
+            "few seconds, to claim their fires first. Internal to libjobs: other services need not listen.",
+            example={"member": "3f1c2a9d5e7b4c60a1d2e3f405162738", "leaving": False},
             headers=None,
         ),
     ]

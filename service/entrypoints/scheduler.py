@@ -7,6 +7,11 @@ another process's within the follower's lag, well under a second), and a claimed
 `nextRunAt` on. A due fire is claimed with `request_run`: the job's aggregate refuses a second claim of the
 same instant, so replicas racing for it resolve through optimistic concurrency and exactly one
 `RunRequested` (or `FireSkipped`) is stored. The relay turns it into a work item; nothing here publishes.
+
+Replicas share the jobs out (`owns`, from the replicas heard on NATS: `adapters.nats.presence`) so that
+they do not all race for every fire: a replica claims its own jobs' fires when due, and another's only
+if still unclaimed `OTHERS_GRACE` later (that replica is gone, or the replicas disagree for a moment on
+who is alive). That only saves work; exactly-once rests on the claim alone.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -28,6 +34,10 @@ from service.ports import Clock
 log = logging.getLogger("libjobs.scheduler")
 MAX_SLEEP_S = 30.0  # re-read the wall clock at least this often (it may have been set)
 RETRY_AFTER = timedelta(seconds=1)  # a claim that failed (the store was away) is tried again
+# A fire of a job another replica owns is claimed here only if it is still unclaimed this long after it
+# was due (its owner is gone, or the replicas briefly disagree on who is alive); SPEC §3.3 wants a fire
+# within 1 s on an idle machine.
+OTHERS_GRACE = timedelta(seconds=0.5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,8 +63,13 @@ class Scheduler:
         catchup_window: timedelta,
         max_claims_in_flight: int = 4,
         on_fire: Callable[[Fire, float], None] | None = None,
+        owns: Callable[[UUID], bool] = lambda _: True,
     ) -> None:
         self._claim = claim
+        self._owns = owns  # whether this replica claims the job's fires first (the replicas share them out)
+        self._others: deque[tuple[datetime, Fire]] = deque()  # others' due fires, by when to claim them
+        self.claimed = 0  # fires this replica claimed (a `RunRequested` or `FireSkipped` stored)
+        self.taken_over = 0  # fires of another replica's jobs this one tried, still unclaimed after the grace
         self._clock = clock
         self._window = catchup_window
         self._slots = asyncio.Semaphore(max_claims_in_flight)
@@ -105,14 +120,26 @@ class Scheduler:
         while not self._stopping:
             self._wake.clear()
             now = self._clock.now()
-            due = [
-                fire
-                for job_id, instant in self._table.take_due(now)
-                if (fire := self._plan(job_id, instant, now))
-            ]
+            due = []
+            for job_id, instant in self._table.take_due(now):
+                fire = self._plan(job_id, instant, now)
+                if fire is None:
+                    continue
+                if self._owns(job_id):
+                    due.append(fire)
+                else:
+                    self._others.append((now + OTHERS_GRACE, fire))
+            while self._others and self._others[0][0] <= now:
+                fire = self._others.popleft()[1]
+                if self._unclaimed(fire):
+                    due.append(fire)
+                    self.taken_over += 1
             for start in range(0, len(due), CLAIM_BATCH):
                 self._start_claim(due[start : start + CLAIM_BATCH])
-            upcoming = self._table.next_due()
+            upcoming = min(
+                (t for t in (self._table.next_due(), self._others[0][0] if self._others else None) if t),
+                default=None,
+            )
             delay = MAX_SLEEP_S if upcoming is None else (upcoming - self._clock.now()).total_seconds()
             if delay > 0:
                 with contextlib.suppress(TimeoutError):
@@ -146,6 +173,7 @@ class Scheduler:
                 for fire in fires:
                     asyncio.get_running_loop().call_later(RETRY_AFTER.total_seconds(), self._retry, fire)
                 return
+        self.claimed += sum(result is not None for result in claimed)
         if self._on_fire is not None:
             now = self._clock.now()
             for fire, result in zip(fires, claimed, strict=True):
@@ -153,8 +181,11 @@ class Scheduler:
                     self._on_fire(fire, (now - fire.instant).total_seconds())
 
     def _retry(self, fire: Fire) -> None:
-        # Only if nothing changed meanwhile: an edit, a disable or another replica's claim came with
-        # a newer next fire (or none), which wins.
-        if fire.job_id in self._schedules and self._table.get(fire.job_id) is None:
+        if self._unclaimed(fire):
             self._table.set(fire.job_id, fire.instant)
             self._wake.set()
+
+    def _unclaimed(self, fire: Fire) -> bool:
+        """Nothing changed since the fire was taken: an edit, a disable or a replica's claim of it would
+        have come with a newer next fire (or none), which wins."""
+        return fire.job_id in self._schedules and self._table.get(fire.job_id) is None

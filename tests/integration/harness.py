@@ -25,6 +25,7 @@ from eventsourcing.persistence import IntegrityError
 
 from contracts.catalog import UpsertBookRequest, UpsertSeriesRequest
 from service.adapters.live import LiveEvents
+from service.adapters.nats.embedded import free_port
 from service.adapters.store import StoreReader
 from service.application import Saved
 from service.bootstrap import Service
@@ -33,7 +34,6 @@ from service.domain.jobs import ConfigDraft, CreateDraft, PatchDraft
 from service.entrypoints.http.auth import Authenticator
 from service.ports import CommandContext
 from service.settings import PluginSpec, Settings
-from tests.support.processes import free_port
 
 T0 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)  # 11:00 in Paris
 PLUGIN = "mangabaka"

@@ -13,10 +13,15 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import nats
 import pytest
 
+from contracts.nats import Subjects
+from service.adapters.nats.presence import Presence
 from service.bootstrap import Service
 from service.domain.jobs import LibraryJob, PatchDraft
+from service.domain.shares import owner
+from service.entrypoints.scheduler import OTHERS_GRACE
 from service.settings import Settings
 from tests.integration.harness import (
     QUIET_ROLES,
@@ -168,3 +173,80 @@ async def test_stop_right_after_a_job_change_returns(settings: Settings) -> None
             stopping = asyncio.ensure_future(service.scheduler.stop())
             done, _ = await asyncio.wait({stopping}, timeout=2)
             assert done
+
+
+async def hearing(service: Service, members: int) -> None:
+    """Until the service's scheduler hears `members` replicas (itself included)."""
+
+    async def heard() -> None:
+        while service.presence is None or len(service.presence.members) < members:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(heard(), 10)
+
+
+async def test_replicas_share_the_fires_out_and_each_fire_is_claimed_once(settings: Settings) -> None:
+    async with running(settings) as first, running(settings) as second:
+        await hearing(first, 2)
+        await hearing(second, 2)
+        library = await new_library(first)
+        jobs = [
+            await new_job(first, library, cron_schedule="*/2 * * * * *", timezone="UTC", enabled=True)
+            for _ in range(12)
+        ]
+        created = datetime.now(UTC)
+        await asyncio.sleep(5)
+        until = datetime.now(UTC)
+        await asyncio.sleep(1.5)
+        found = {job: claims(first, job) for job in jobs}
+        shares = [s.scheduler.claimed for s in (first, second) if s.scheduler is not None]
+        taken_over = [s.scheduler.taken_over for s in (first, second) if s.scheduler is not None]
+    for job, job_claims in found.items():
+        instants = [instant for _, instant, _ in job_claims]
+        assert len(instants) == len(set(instants)), job  # never twice
+        assert set(every(2, created, until)) <= set(instants), job  # none missing
+    total = sum(len(c) for c in found.values())
+    assert sum(shares) == total
+    assert min(shares) >= total / 5, shares  # both claim their share (12 jobs: rarely all on one side)
+    assert taken_over == [0, 0]  # neither had to claim a fire of the other's jobs
+
+
+async def test_the_jobs_of_a_replica_that_is_heard_but_does_not_claim_fire_after_the_grace(
+    settings: Settings, nats_server: NatsServer
+) -> None:
+    """A replica that announces itself but claims nothing (hung, or killed before it is forgotten): its
+    jobs' fires are claimed by the others once the grace is over, each once, none lost."""
+    client = await nats.connect(nats_server.url)
+    silent = Presence(Subjects(settings.nats_prefix).scheduler_presence)
+    await silent.start(client)
+    try:
+        async with running(settings) as service:
+            await hearing(service, 2)
+            assert service.presence is not None
+            library = await new_library(service)
+            jobs = [
+                await new_job(service, library, cron_schedule="* * * * * *", timezone="UTC", enabled=True)
+                for _ in range(8)
+            ]
+            created = datetime.now(UTC)
+            members = service.presence.members
+            await asyncio.sleep(3.5)
+            until = datetime.now(UTC)
+            await asyncio.sleep(1.5)
+            assert service.presence.members == members  # the silent one was heard throughout
+            assert service.scheduler is not None
+            taken_over = service.scheduler.taken_over
+            found = {job: claims(service, job) for job in jobs}
+    finally:
+        await silent.stop()
+        await client.close()
+    theirs = [job for job in jobs if owner(job, members) == silent.member]
+    assert 0 < len(theirs) < len(jobs)  # 8 jobs: both own some (1 in 128 they do not: rerun)
+    for job, job_claims in found.items():
+        instants = [instant for _, instant, _ in job_claims]
+        assert len(instants) == len(set(instants)), job
+        assert set(every(1, created, until)) <= set(instants), job
+        if job in theirs:  # claimed here, after the grace
+            late = [stored_at - instant for _, instant, stored_at in job_claims]
+            assert all(lateness >= OTHERS_GRACE for lateness in late), late
+    assert taken_over >= len(theirs) * 3

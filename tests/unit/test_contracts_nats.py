@@ -31,6 +31,7 @@ from contracts.nats import (
     JobRunRequested,
     MetadataRefreshed,
     RecordRunCommand,
+    SchedulerPresence,
     Subjects,
     UpdateJobCommand,
     UpsertBookCommand,
@@ -501,7 +502,15 @@ def test_commands_are_received_with_a_reply_and_everything_else_is_sent() -> Non
         "libjobs.evt.book.{libraryId}.{bookId}",
         "libjobs.run.requested.{type}",
         "libjobs.metadata.refreshed.{libraryId}",
+        "libjobs.scheduler.presence",
     }
+
+
+def test_a_presence_message_decodes_and_a_replica_that_leaves_says_so() -> None:
+    assert msgspec.json.decode(b'{"member": "a1"}', type=SchedulerPresence) == SchedulerPresence(member="a1")
+    goodbye = msgspec.json.encode(SchedulerPresence(member="a1", leaving=True))
+    assert msgspec.json.decode(goodbye) == {"member": "a1", "leaving": True}
+    assert Subjects("acme").scheduler_presence == "acme.scheduler.presence"
 
 
 def test_schemas_are_draft7_and_every_example_validates_against_its_payload() -> None:
