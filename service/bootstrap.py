@@ -103,6 +103,7 @@ class Service:
                 catchup_window=timedelta(seconds=settings.catchup_window_s),
                 on_fire=self.metrics.observe_fire,
                 owns=self.presence.owns,
+                on_take_over=self.metrics.fires_taken_over.inc,
             )
             if self.presence is not None
             else None

@@ -61,6 +61,11 @@ class Metrics:
             ["trigger"],
             registry=self.registry,
         )
+        self.fires_taken_over = Counter(
+            "libjobs_fires_taken_over_total",
+            "Fires of another scheduler replica's jobs this one claimed, still unclaimed after the grace",
+            registry=self.registry,
+        )
         self.missed_fires = Counter(
             "libjobs_missed_fires_total",
             "Fires older than the catch-up window, counted and not run",

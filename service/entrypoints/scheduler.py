@@ -64,9 +64,11 @@ class Scheduler:
         max_claims_in_flight: int = 4,
         on_fire: Callable[[Fire, float], None] | None = None,
         owns: Callable[[UUID], bool] = lambda _: True,
+        on_take_over: Callable[[], None] | None = None,
     ) -> None:
         self._claim = claim
         self._owns = owns  # whether this replica claims the job's fires first (the replicas share them out)
+        self._on_take_over = on_take_over  # metrics: another replica's fire is claimed here
         self._others: deque[tuple[datetime, Fire]] = deque()  # others' due fires, by when to claim them
         self.claimed = 0  # fires this replica claimed (a `RunRequested` or `FireSkipped` stored)
         self.taken_over = 0  # fires of another replica's jobs this one tried, still unclaimed after the grace
@@ -134,6 +136,8 @@ class Scheduler:
                 if self._unclaimed(fire):
                     due.append(fire)
                     self.taken_over += 1
+                    if self._on_take_over is not None:
+                        self._on_take_over()
             for start in range(0, len(due), CLAIM_BATCH):
                 self._start_claim(due[start : start + CLAIM_BATCH])
             upcoming = min(

@@ -236,6 +236,7 @@ async def test_the_jobs_of_a_replica_that_is_heard_but_does_not_claim_fire_after
             assert service.presence.members == members  # the silent one was heard throughout
             assert service.scheduler is not None
             taken_over = service.scheduler.taken_over
+            counted = service.metrics.registry.get_sample_value("libjobs_fires_taken_over_total")
             found = {job: claims(service, job) for job in jobs}
     finally:
         await silent.stop()
@@ -250,3 +251,4 @@ async def test_the_jobs_of_a_replica_that_is_heard_but_does_not_claim_fire_after
             late = [stored_at - instant for _, instant, stored_at in job_claims]
             assert all(lateness >= OTHERS_GRACE for lateness in late), late
     assert taken_over >= len(theirs) * 3
+    assert counted == taken_over  # what operators alert on
