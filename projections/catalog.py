@@ -40,6 +40,9 @@ class ItemRow:
     updated_at: datetime
     json: bytes = b""
     entry: CatalogEntry | None = None  # as runs see it, made when first needed
+    # the item's version in the store when this process applied its last event; None for a row loaded
+    # from its persisted bytes (they do not hold it): a run then loads the item to refresh it
+    version: int | None = None
 
     @property
     def sort_key(self) -> SortKey:
@@ -127,6 +130,7 @@ def _entry(kind: ItemKind, row: ItemRow, sort_key: str) -> CatalogEntry:
         metadata=state.get("metadata") or {},
         locks=frozenset(state.get("locks") or ()),
         external_ids=refs,
+        version=row.version,
     )
 
 
@@ -200,14 +204,15 @@ class CatalogView:
         if isinstance(event, CatalogItem.Deleted):
             index.remove(item_id)
             return
+        version = event.originator_version
         if isinstance(event, CatalogItem.Refreshed):
             known = index.rows.get(item_id)
             if known is not None:
                 state = refreshed_state(known.state, event)
-                index.put(ItemRow(item_id, known.library_id, state, event.timestamp))
+                index.put(ItemRow(item_id, known.library_id, state, event.timestamp, version=version))
             return
         assert isinstance(event, CatalogItem.Upserted | CatalogItem.Changed)
-        index.put(ItemRow(item_id, event.library_id, event.state, event.timestamp))
+        index.put(ItemRow(item_id, event.library_id, event.state, event.timestamp, version=version))
 
     # --- queries ------------------------------------------------------------------------------------
 

@@ -45,8 +45,9 @@ class GroupCommitter:
         self._pending: list[_Pending] = []
         self._leading = False
 
-    def save(self, *aggregates: Any) -> list[Any]:
-        mine = _Pending([event for aggregate in aggregates for event in aggregate.collect_events()])
+    def save(self, *objs: Any) -> list[Any]:
+        """Saves aggregates' pending events, and events given as they are (as `Application.save` does)."""
+        mine = _Pending([event for obj in objs for event in _events(obj)])
         with self._mutex:
             self._pending.append(mine)
             leader = not self._leading
@@ -106,3 +107,8 @@ class GroupCommitter:
             except BaseException as e:  # handed to the caller, who knows what to do with it
                 item.error = e
             item.done = True
+
+
+def _events(obj: Any) -> list[Any]:
+    collect = getattr(obj, "collect_events", None)
+    return [obj] if collect is None else list(collect())

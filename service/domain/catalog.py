@@ -195,6 +195,42 @@ class CatalogItem(Aggregate):
     def delete(self, *, at: datetime, actor: str | None, request_id: str | None) -> None:
         self.trigger_event(self.Deleted, timestamp=at, actor=actor, request_id=request_id)
 
+    @classmethod
+    def refreshed_at(
+        cls,
+        item_id: UUID,
+        version: int,
+        *,
+        run_id: UUID,
+        job_id: UUID,
+        provider: str,
+        external_id: str,
+        external_url: str | None,
+        changes: dict[str, dict[str, Any]],
+        skipped: list[dict[str, str]],
+        at: datetime,
+        actor: str | None,
+        request_id: str | None,
+    ) -> CatalogItem.Refreshed:
+        """The `Refreshed` that `refresh` would record on the item if it is still at `version`, made
+        without loading it: the store refuses it (optimistic concurrency) if the item changed since."""
+        event: CatalogItem.Refreshed = cls.Refreshed(  # type: ignore[call-arg]
+            originator_id=cls.aggregate_id(item_id),
+            originator_version=version + 1,
+            timestamp=at,
+            run_id=run_id,
+            job_id=job_id,
+            provider=provider,
+            external_id=external_id,
+            external_url=external_url,
+            synced_at=at,
+            changes=changes,
+            skipped=skipped,
+            actor=actor,
+            request_id=request_id,
+        )
+        return event
+
     def refresh(
         self,
         *,

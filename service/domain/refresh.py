@@ -45,6 +45,7 @@ class CatalogEntry(NamedTuple):
     metadata: Mapping[str, Any]
     locks: frozenset[str]
     external_ids: Mapping[str, ExternalRef]  # provider ("plugin:x") → its id
+    version: int | None = None  # its version in the store, when known (see `ItemRefresh.version`)
 
 
 class PlannedItem(NamedTuple):

@@ -306,6 +306,7 @@ class RefreshExecutor:
             external_url=url if isinstance(url, str) else None,
             changes=changes.changes,
             skipped=changes.skipped,
+            version=entry.version,
         )
 
     async def _call(self, config: RefreshConfig, method: str, params: dict[str, Any]) -> Any:

@@ -13,13 +13,14 @@ import msgspec
 import pytest
 
 from contracts.jobs import LibraryJobDto
-from service.application import Fired
+from service.application import Fired, ItemRefresh, RunCounts
 from service.bootstrap import Service
+from service.domain.catalog import Series
 from service.domain.errors import Conflict, NotFound
 from service.domain.jobs import LibraryJob, fire_run_id
 from service.domain.timetable import Fire
 from service.domain.timezones import zone
-from tests.integration.harness import ctx, new_job, new_library, race, stored, write
+from tests.integration.harness import ctx, new_job, new_library, race, series_state, stored, write
 
 pytestmark = pytest.mark.integration
 
@@ -38,6 +39,11 @@ def claims(svc: Service, job_id: UUID) -> list[Any]:
         and isinstance(e, LibraryJob.RunRequested | LibraryJob.FireSkipped)
         and e.scheduled_for is not None
     ]
+
+
+def events_of(svc: Service, series_id: UUID) -> list[str]:
+    aggregate_id = Series.aggregate_id(series_id)
+    return [type(e).__name__ for _, e in stored(svc) if e.originator_id == aggregate_id]
 
 
 def dto(svc: Service, library_id: UUID, job_id: UUID) -> LibraryJobDto:
@@ -181,3 +187,47 @@ async def test_run_now_then_its_outcome_recorded_once(service: Service) -> None:
         await service.run_sync(
             partial(app.record_run, uuid4(), run_id, "success", None, started, started, {}, ctx())
         )
+
+
+async def test_items_are_refreshed_at_the_version_the_run_knew_or_loaded_when_they_changed_meanwhile(
+    service: Service,
+) -> None:
+    """`record_items` records a `Refreshed` for the version the run planned with, without loading the
+    item; an item the library server changed or deleted since makes the store refuse that, and the items
+    are then loaded: the change is kept under the refresh, the deleted item is left alone."""
+    library_id = await new_library(service)
+    app = service.commands
+    kept, changed, deleted = uuid4(), uuid4(), uuid4()
+    for series_id in (kept, changed, deleted):
+        await write(service, app.upsert_series, library_id, series_id, series_state("S"), ctx())
+    entries = {entry.id: entry for entry in service.models.catalog.series.entries(library_id)}
+    assert {entries[i].version for i in (kept, changed, deleted)} == {1}
+    job_id = await new_job(service, library_id, cron_schedule=RARE_CRON, enabled=True)
+    _, run_id = await service.run_sync(app.run_now, library_id, job_id, ctx())
+    await service.run_sync(partial(app.start_run, job_id, run_id, ctx(actor="executor"), max_attempts=3))
+
+    def refreshed(series_id: UUID, rating: float) -> ItemRefresh:
+        return ItemRefresh("series", series_id, "plugin:fixture", "ext", None,
+                           {"rating": {"before": None, "after": rating}}, [],
+                           version=entries[series_id].version)  # fmt: skip
+
+    counts = RunCounts({"planned": 3, "done": 1, "succeeded": 1}, {}, 1)
+    first = await service.run_sync(app.record_items, job_id, run_id, [refreshed(kept, 7.0)], counts, ctx())
+    await service.follower.wait_for(first)
+    assert events_of(service, kept) == ["Upserted", "Refreshed"]
+    # the library server writes one item and deletes another while the run goes on
+    await write(service, app.upsert_series, library_id, changed, series_state("S2", locks=["summary"]), ctx())
+    await write(service, app.delete_series, library_id, deleted, ctx())
+    counts = RunCounts({"planned": 3, "done": 3, "succeeded": 3}, {}, 3)
+    items = [refreshed(changed, 8.0), refreshed(deleted, 9.0)]
+    last = await service.run_sync(app.record_items, job_id, run_id, items, counts, ctx())
+    await service.follower.wait_for(last)
+
+    changed_series = app.repository.get(Series.aggregate_id(changed))
+    assert (changed_series.version, changed_series.state["title"]) == (3, "S2")  # refreshed on top
+    assert changed_series.state["locks"] == ["summary"]
+    assert changed_series.state["metadata"]["rating"] == 8.0
+    assert events_of(service, changed) == ["Upserted", "Changed", "Refreshed"]
+    assert events_of(service, deleted) == ["Upserted", "Deleted"]
+    progressed = [e for _, e in stored(service) if isinstance(e, LibraryJob.RunProgressed)]
+    assert [e.progress["done"] for e in progressed] == [1, 3]
