@@ -559,18 +559,21 @@ async def nats_setup(settings: Settings, *, out: Callable[[str], None] = print) 
             await embedded.stop()
 
 
+def _store_only(settings: Settings) -> LibraryJobs:
+    """The store alone, for the commands that only read it (no NATS, scheduler, relay or plugin)."""
+    env = store_env(
+        data_dir=settings.data_dir,
+        database_url=settings.database_url,
+        pool_size=1,
+        lock_timeout_s=settings.lock_timeout_s,
+    )
+    return LibraryJobs(env, providers=lambda _: None, library_contents=lambda _: LibraryContents((), (), ()))
+
+
 def print_store_events(settings: Settings, args: Any) -> int:
     """`libjobs events`: the store alone (no NATS, scheduler, relay or plugin), read as JSON lines."""
     with setup_lock(settings.database_url):
-        env = store_env(
-            data_dir=settings.data_dir,
-            database_url=settings.database_url,
-            pool_size=1,
-            lock_timeout_s=settings.lock_timeout_s,
-        )
-        store = LibraryJobs(
-            env, providers=lambda _: None, library_contents=lambda _: LibraryContents((), (), ())
-        )
+        store = _store_only(settings)
     try:
         types = frozenset().union(*args.events_types) if args.events_types else None
         where = AuditFilter(job_id=args.events_job, library_id=args.events_library, types=types)
@@ -596,15 +599,7 @@ def projections_command(settings: Settings, args: Any) -> int:
     a rebuild's read models have no listener, so it fires, publishes and calls nothing)."""
     with contextlib.ExitStack() as opened:
         with setup_lock(settings.database_url):
-            env = store_env(
-                data_dir=settings.data_dir,
-                database_url=settings.database_url,
-                pool_size=1,
-                lock_timeout_s=settings.lock_timeout_s,
-            )
-            store = LibraryJobs(
-                env, providers=lambda _: None, library_contents=lambda _: LibraryContents((), (), ())
-            )
+            store = _store_only(settings)
             opened.callback(store.close)
             views = {p.name: opened.enter_context(contextlib.closing(view_store(settings, p.tracking_name)))
                      for p in PROJECTIONS}  # fmt: skip

