@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import statistics
 import time
@@ -209,9 +210,34 @@ def test_the_sqlite_probe_notices_every_commit_of_another_connection(tmp_path: P
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("CREATE TABLE t (x)")
     probe()
+    quiet = SqliteChangeProbe.RECENT_NS / 1e9
+    time.sleep(quiet)
     assert probe() is False  # nothing new
     for n in range(20):
         with sqlite3.connect(database) as db:
             db.execute("INSERT INTO t VALUES (?)", (n,))
         assert probe() is True
-        assert probe() is False
+    time.sleep(quiet)
+    assert probe() is False
+
+
+def test_the_sqlite_probe_notices_a_commit_that_leaves_size_and_time_as_they_were(tmp_path: Path) -> None:
+    """A WAL rewritten in place within one clock tick of the last look: same size, same modification
+    time. The probe still says yes while the last modification is recent."""
+    database = tmp_path / "events.sqlite3"
+    wal = tmp_path / "events.sqlite3-wal"
+    database.write_bytes(b"db")
+    wal.write_bytes(b"frame-1")
+    probe = SqliteChangeProbe(database)
+    probe()
+    stamp = wal.stat().st_mtime_ns
+    wal.write_bytes(b"frame-2")  # the same size
+    os.utime(wal, ns=(stamp, stamp))  # and, as within one tick, the same time
+    assert probe() is True
+    long_ago = time.time_ns() - 10 * SqliteChangeProbe.RECENT_NS
+    for path in (database, wal):
+        os.utime(path, ns=(long_ago, long_ago))
+    probe()
+    wal.write_bytes(b"frame-3")
+    os.utime(wal, ns=(long_ago, long_ago))
+    assert probe() is False  # left to the follower's periodic full read
