@@ -480,6 +480,18 @@ async def test_missing_unconfigured_and_disabled_plugins_are_unavailable(
     assert str(tmp) in str(err.value)
 
 
+async def test_a_plugin_that_exits_at_start_is_reported_with_its_exit_code_every_time(
+    make_host: MakeHost,
+) -> None:
+    """`false` exits at once: the `initialize` request may go out before the exit or into a closed pipe.
+    Either way the error names the exit code (a dry run over HTTP and one over NATS once differed)."""
+    host = make_host(PluginSpec(name="quitter", command=("false",)))
+    for _ in range(20):
+        with pytest.raises(PluginUnavailable, match=r"failed to initialize: exited with code 1$") as err:
+            await host.call("quitter", "ping")
+        assert err.value.reason == "start_failed"
+
+
 async def test_credentials_never_appear_in_logs_or_errors(
     make_host: MakeHost, bad_script: Path, data_file: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -165,6 +165,10 @@ class PluginProcess:
             self.manifest = Manifest.from_result(result)
         except PluginError as exc:
             await self.stop(graceful=False)
+            if isinstance(exc, PluginUnavailable) and exc.reason == "exited" and self._down is not None:
+                # it exited before answering; its exit code (and last stderr line) is known once reaped,
+                # which a call made after the exit was noticed did not wait for
+                exc = self._down
             if isinstance(exc, PluginCallError):
                 detail = f"refused to initialize: {exc.message} (code {exc.code})"
             else:
