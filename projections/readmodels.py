@@ -66,9 +66,6 @@ class ReadModels:
         self._position = 0
         self._dirty: set[tuple[str, str]] = set()
 
-    def _job_library(self, job_id: UUID) -> UUID | None:
-        return self.jobs.library_of(job_id)
-
     def apply(self, batch: Iterable[tuple[int, Any]]) -> int:
         listener, run_listener = self.on_change, self.on_run_change
         # job id → (position, row) of its last change; kept only while someone listens
@@ -191,13 +188,13 @@ class ReadModels:
 
     def runs_page_json(self, library_id: UUID, job_id: UUID, cursor: str | None, limit: int) -> bytes | None:
         """A page of the job's runs, newest first; None when it is not a live job of this library."""
-        if self._job_library(job_id) != library_id:
+        if self.jobs.library_of(job_id) != library_id:
             return None
         return self.runs.runs_page_json(library_id, job_id, cursor, limit)
 
     def run_json(self, library_id: UUID, job_id: UUID, run_id: UUID) -> bytes | None:
         """The run's `RunDto`; None when it is not a kept run of a live job of this library."""
-        if self._job_library(job_id) != library_id:
+        if self.jobs.library_of(job_id) != library_id:
             return None
         return self.runs.run_json(library_id, job_id, run_id)
 
