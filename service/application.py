@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, TypeVar
@@ -26,7 +26,7 @@ from service.domain.catalog import (
     Series,
     library_aggregate_id,
 )
-from service.domain.errors import Conflict, NotFound, PreconditionFailed
+from service.domain.errors import Conflict, DomainError, NotFound, PreconditionFailed
 from service.domain.jobs import (
     AlreadyClaimed,
     CreateDraft,
@@ -59,6 +59,19 @@ class Saved:
     id: UUID
     position: int | None
     created: bool = False
+
+
+# `LibraryJobs.create_job` from the event loop, stored with the creates made at the same time (bootstrap)
+CreateJob = Callable[[UUID, CreateDraft, CommandContext], Awaitable[Saved]]
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """One `create_job`, for `create_jobs`."""
+
+    library_id: UUID
+    draft: CreateDraft
+    ctx: CommandContext
 
 
 @dataclass(frozen=True)
@@ -121,19 +134,47 @@ class LibraryJobs(Application[UUID]):
     # --- jobs ---------------------------------------------------------------------------------------
 
     def create_job(self, library_id: UUID, draft: CreateDraft, ctx: CommandContext) -> Saved:
-        definition, enabled = validate_create(draft, self.policy, self.providers)
-        if not self.library_known(library_id):  # the read model answers fast; the store is the authority
-            self._live_library(library_id)
-        job = LibraryJob.create(
+        (created,) = self.create_jobs([JobRequest(library_id, draft, ctx)])
+        if isinstance(created, DomainError):
+            raise created
+        return created
+
+    def create_jobs(self, requests: Sequence[JobRequest]) -> list[Saved | DomainError]:
+        """`create_job` for many requests, the valid ones stored in one transaction: each request's
+        `Saved`, or the error that refuses it alone (validation, an unknown library). New aggregates
+        cannot conflict; an error of the store itself is raised, as it concerns them all."""
+        jobs: list[LibraryJob] = []
+        outcomes: list[LibraryJob | DomainError] = []
+        for request in requests:
+            try:
+                job = self._new_job(request)
+            except DomainError as e:
+                outcomes.append(e)
+                continue
+            jobs.append(job)
+            outcomes.append(job)
+        saved = self._persist(*jobs) if jobs else []
+        position = {event.originator_id: at for at, event in saved}  # each job's last event
+        return [
+            outcome
+            if isinstance(outcome, DomainError)
+            else Saved(outcome.id, position[outcome.id], created=True)
+            for outcome in outcomes
+        ]
+
+    def _new_job(self, request: JobRequest) -> LibraryJob:
+        definition, enabled = validate_create(request.draft, self.policy, self.providers)
+        if not self.library_known(request.library_id):  # the read model answers fast; the store decides
+            self._live_library(request.library_id)
+        return LibraryJob.create(
             job_id=uuid.uuid4(),
-            library_id=library_id,
+            library_id=request.library_id,
             definition=definition,
             enabled=enabled,
             at=self.clock.now(),
-            actor=ctx.actor,
-            request_id=ctx.request_id,
+            actor=request.ctx.actor,
+            request_id=request.ctx.request_id,
         )
-        return Saved(job.id, self._save(job), created=True)
 
     def update_job(
         self,
@@ -542,10 +583,14 @@ class LibraryJobs(Application[UUID]):
         return aggregate if isinstance(aggregate, kind) else None
 
     def _save(self, *aggregates: Any) -> int | None:
+        return max((position for position, _ in self._persist(*aggregates)), default=None)
+
+    def _persist(self, *aggregates: Any) -> list[tuple[int, Any]]:
+        """Stores the aggregates' new events in one transaction: (position, event) of each."""
         recordings = self._store(*aggregates)
         saved = [(r.notification.id, r.domain_event) for r in recordings]
         self.on_saved(saved)
-        return max((position for position, _ in saved), default=None)
+        return saved
 
 
 def _check_if_match(job: LibraryJob, if_match: int | None) -> None:

@@ -28,6 +28,7 @@ from projections.readmodels import JobChange, ReadModels
 from projections.rebuild import PROJECTIONS, Projections
 from projections.sqlview import RELAY_NAME, VIEWS_NAME, PostgresViewStore, RebuildBusy, SqliteViewStore
 from service.adapters.audit import StoreAuditLog
+from service.adapters.batching import Batcher
 from service.adapters.follower import Follower
 from service.adapters.group_commit import GroupCommitter
 from service.adapters.idempotency import PostgresIdempotencyStore, SqliteIdempotencyStore
@@ -50,8 +51,8 @@ from service.adapters.store import (
     sqlite_events_file,
     store_env,
 )
-from service.application import LibraryJobs
-from service.domain.jobs import ValidationPolicy
+from service.application import JobRequest, LibraryJobs, Saved
+from service.domain.jobs import CreateDraft, ValidationPolicy
 from service.domain.refresh import CatalogEntry, ItemKind
 from service.domain.timetable import Fire
 from service.entrypoints import cli, projections_cli
@@ -139,6 +140,8 @@ class Service:
             self.idempotency = self._idempotency_store()
             self.views = self._view_store(VIEWS_NAME)
             self.relay_tracking = self._view_store(RELAY_NAME)
+        # Creates made at the same time go to the pool together (see service/adapters/batching.py).
+        self.job_creates = Batcher(self.commands.create_jobs, self.run_sync)
         self.reader = StoreReader(self.commands)
         self.follower = Follower(
             self.reader.read,
@@ -268,6 +271,7 @@ class Service:
             queries=self.models,
             wait_for=self.follower.wait_for,
             run_sync=self.run_sync,
+            create_job=self.create_job,
             idempotency=self.idempotency,
             max_payload_bytes=self.settings.max_body_bytes,
             dry_run=self.refresher.dry_run,
@@ -371,6 +375,9 @@ class Service:
         await asyncio.sleep(1)  # the projector writes its rows every 250 ms
         settle_memory()
 
+    async def create_job(self, library_id: UUID, draft: CreateDraft, ctx: CommandContext) -> Saved:
+        return await self.job_creates.submit(JobRequest(library_id, draft, ctx))
+
     def run_sync(self, fn: Callable[..., T], /, *args: Any) -> Awaitable[T]:
         return asyncio.get_running_loop().run_in_executor(self.executor, partial(fn, *args))
 
@@ -461,6 +468,7 @@ class Service:
             queries=self.models,
             wait_for=self.follower.wait_for,
             run_sync=self.run_sync,
+            create_job=self.create_job,
             authenticator=authenticator,
             idempotency=self.idempotency,
             plugins=self.plugins,

@@ -50,6 +50,7 @@ def responder(service: Service) -> CommandResponder:
         queries=service.models,
         wait_for=service.follower.wait_for,
         run_sync=service.run_sync,
+        create_job=service.create_job,
         idempotency=service.idempotency,
         dry_run=service.refresher.dry_run,
     )

@@ -6,6 +6,7 @@ change nothing store nothing.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,10 @@ import pytest
 
 from contracts.catalog import ExternalIdDto
 from projections.readmodels import ReadModels
+from service.application import Saved
 from service.bootstrap import Service
 from service.domain.catalog import Book, Library, Series, library_aggregate_id, series_aggregate_id
-from service.domain.errors import Conflict, NotFound
+from service.domain.errors import Conflict, NotFound, ValidationFailed
 from service.domain.jobs import LibraryJob, PatchDraft
 from service.settings import Settings
 from tests.integration.harness import (
@@ -220,6 +222,38 @@ async def test_the_read_models_serve_the_dto_bytes_of_the_stored_events(service:
             "updatedAt": utc(book_upserted),
         }
     )
+
+
+async def test_creates_made_together_are_stored_in_one_transaction_and_each_hears_its_own_error(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    library_id = await new_library(service)
+    transactions: list[int] = []  # events per save of the application
+    on_saved = service.commands.on_saved
+
+    def count(saved: list[tuple[int, Any]]) -> None:
+        transactions.append(len(saved))
+        on_saved(saved)
+
+    monkeypatch.setattr(service.commands, "on_saved", count)
+    requests = [(library_id, job_draft(f"Job {i}")) for i in range(20)]
+    requests.insert(5, (library_id, job_draft("Bad", cron_schedule="61 * * * *")))
+    requests.insert(12, (uuid4(), job_draft("Elsewhere")))
+    outcomes = await asyncio.gather(
+        *(service.create_job(library, draft, ctx()) for library, draft in requests),
+        return_exceptions=True,
+    )
+
+    assert isinstance(outcomes[5], ValidationFailed)
+    assert outcomes[5].details["field"] == "cronSchedule"
+    assert isinstance(outcomes[12], NotFound)
+    saved = [o for o in outcomes if isinstance(o, Saved)]
+    assert len(saved) == 20 and len({s.id for s in saved}) == 20
+    assert transactions == [20]  # one trip to the store for the 22 requests
+    for index, result in enumerate(saved):
+        await service.follower.wait_for(result.position)
+        found = service.models.job_json(library_id, result.id)
+        assert found is not None and json.loads(found[0])["name"] == f"Job {index}"
 
 
 async def test_a_restarted_service_serves_the_same_bytes(settings: Settings) -> None:

@@ -14,7 +14,7 @@ from litestar.openapi.datastructures import ResponseSpec
 
 from contracts.errors import ErrorResponse
 from contracts.jobs import PluginDto
-from service.application import LibraryJobs
+from service.application import CreateJob, LibraryJobs
 from service.domain.errors import DomainError
 from service.entrypoints.errors import domain_error
 from service.entrypoints.http.auth import Authenticator, Principal
@@ -51,6 +51,7 @@ class HttpServices:
     queries: ReadModelQueries
     wait_for: WaitForPosition
     run_sync: RunSync
+    create_job: CreateJob
     authenticator: Authenticator
     idempotency: IdempotencyStore
     plugins: PluginDirectory

@@ -115,7 +115,7 @@ async def create_job(
     svc = services(request)
 
     async def handle() -> Reply:
-        saved = await svc.run_sync(svc.commands.create_job, library_id, create_draft(data), context(request))
+        saved = await svc.create_job(library_id, create_draft(data), context(request))
         await svc.wait_for(saved.position)
         reply = _job_reply(request, library_id, saved.id, HTTP_201_CREATED)
         reply.headers["Location"] = f"/api/v1/libraries/{library_id}/jobs/{saved.id}"

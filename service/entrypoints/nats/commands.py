@@ -54,12 +54,19 @@ from contracts.nats import (
     UpsertLibraryCommand,
     UpsertSeriesCommand,
 )
-from service.application import LibraryJobs, Saved
+from service.application import CreateJob, LibraryJobs, Saved
 from service.domain.errors import DomainError, NotFound, Unavailable, ValidationFailed
 from service.entrypoints.errors import INTERNAL_ERROR_MESSAGE, domain_error, error_body, undecodable
 from service.entrypoints.idempotency import Idempotency, Reply, check_key, fingerprint
 from service.entrypoints.translate import catalog_text, create_draft, dry_run_input, patch_draft
-from service.ports import CommandContext, DryRun, IdempotencyStore, ReadModelQueries, RunSync, WaitForPosition
+from service.ports import (
+    CommandContext,
+    DryRun,
+    IdempotencyStore,
+    ReadModelQueries,
+    RunSync,
+    WaitForPosition,
+)
 
 log = logging.getLogger("libjobs.nats")
 
@@ -81,6 +88,7 @@ class NatsServices:
     queries: ReadModelQueries
     wait_for: WaitForPosition
     run_sync: RunSync
+    create_job: CreateJob
     idempotency: IdempotencyStore
     max_payload_bytes: int = 64 * 1024
     dry_run: DryRun | None = None  # None: `job.dry_run` answers 503
@@ -163,8 +171,8 @@ class CommandResponder:
     # --- jobs (as service/entrypoints/http/jobs.py) -------------------------------------------------
 
     async def _create_job(self, command: CreateJobCommand, ctx: CommandContext) -> msgspec.Raw:
-        app = self._svc.commands
-        saved = await self._write(app.create_job, command.library_id, create_draft(command), ctx)
+        saved = await self._svc.create_job(command.library_id, create_draft(command), ctx)
+        await self._svc.wait_for(saved.position)
         return self._job(command.library_id, saved.id)
 
     async def _update_job(self, command: UpdateJobCommand, ctx: CommandContext) -> msgspec.Raw:
