@@ -248,12 +248,13 @@ async def test_creates_made_together_are_stored_in_one_transaction_and_each_hear
     assert outcomes[5].details["field"] == "cronSchedule"
     assert isinstance(outcomes[12], NotFound)
     saved = [o for o in outcomes if isinstance(o, Saved)]
-    assert len(saved) == 20 and len({s.id for s in saved}) == 20
+    assert len({s.id for s in saved}) == len(saved) == 20
     assert transactions == [20]  # one trip to the store for the 22 requests
     for index, result in enumerate(saved):
         await service.follower.wait_for(result.position)
         found = service.models.job_json(library_id, result.id)
-        assert found is not None and json.loads(found[0])["name"] == f"Job {index}"
+        assert found is not None
+        assert json.loads(found[0])["name"] == f"Job {index}"
 
 
 async def test_a_restarted_service_serves_the_same_bytes(settings: Settings) -> None:

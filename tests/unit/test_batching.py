@@ -26,19 +26,19 @@ class Doubler:
 
     def __init__(self) -> None:
         self.batches: list[list[int]] = []
+        self.entered = threading.Event()  # a batch is in the pool
         self.release = threading.Event()
         self.release.set()
 
     def __call__(self, requests: Sequence[int]) -> list[int | BaseException]:
         self.batches.append(list(requests))
+        self.entered.set()
         self.release.wait(5)
         return [ValueError(f"negative: {n}") if n < 0 else 2 * n for n in requests]
 
 
-async def until(probe: Callable[[], bool]) -> None:
-    async with asyncio.timeout(5):
-        while not probe():
-            await asyncio.sleep(0.001)
+async def in_pool(run: Doubler) -> None:
+    assert await asyncio.to_thread(run.entered.wait, 5)
 
 
 async def test_requests_made_while_a_batch_is_in_the_pool_go_together_in_the_next() -> None:
@@ -46,7 +46,7 @@ async def test_requests_made_while_a_batch_is_in_the_pool_go_together_in_the_nex
     batcher = Batcher(run, in_thread)
     run.release.clear()
     first = asyncio.ensure_future(batcher.submit(1))
-    await until(lambda: len(run.batches) == 1)  # in the pool, held
+    await in_pool(run)  # and held there
     rest = [asyncio.ensure_future(batcher.submit(n)) for n in range(2, 7)]
     await asyncio.sleep(0.01)
     assert run.batches == [[1]]  # nothing else goes while a batch is in the pool
@@ -59,8 +59,10 @@ async def test_requests_made_while_a_batch_is_in_the_pool_go_together_in_the_nex
 async def test_each_caller_hears_only_its_own_error() -> None:
     batcher = Batcher(Doubler(), in_thread)
     outcomes = await asyncio.gather(*(batcher.submit(n) for n in (1, -2, 3)), return_exceptions=True)
-    assert outcomes[0] == 2 and outcomes[2] == 6
-    assert isinstance(outcomes[1], ValueError) and str(outcomes[1]) == "negative: -2"
+    assert outcomes[0] == 2
+    assert outcomes[2] == 6
+    assert isinstance(outcomes[1], ValueError)
+    assert str(outcomes[1]) == "negative: -2"
 
 
 async def test_a_failing_batch_fails_its_callers_and_the_next_batch_runs() -> None:
@@ -70,7 +72,7 @@ async def test_a_failing_batch_fails_its_callers_and_the_next_batch_runs() -> No
         calls.append(list(requests))
         if len(calls) == 1:
             raise OSError("disk I/O error")
-        return [n for n in requests]
+        return list(requests)
 
     batcher = Batcher(run, in_thread)
     failed = await asyncio.gather(batcher.submit(1), batcher.submit(2), return_exceptions=True)
@@ -97,7 +99,7 @@ async def test_a_caller_that_goes_away_leaves_the_others_their_outcomes() -> Non
     run.release.clear()
     gone = asyncio.ensure_future(batcher.submit(1))
     staying = asyncio.ensure_future(batcher.submit(2))
-    await until(lambda: len(run.batches) == 1)
+    await in_pool(run)
     gone.cancel()
     run.release.set()
     assert await staying == 4
@@ -109,13 +111,13 @@ async def test_stopping_the_sender_cancels_every_waiting_caller() -> None:
     run = Doubler()
     batcher = Batcher(run, in_thread)
     run.release.clear()
-    in_pool = asyncio.ensure_future(batcher.submit(1))
-    await until(lambda: len(run.batches) == 1)
+    pooled = asyncio.ensure_future(batcher.submit(1))
+    await in_pool(run)
     queued = asyncio.ensure_future(batcher.submit(2))
     await asyncio.sleep(0)
     sender = batcher._sender
     assert sender is not None
     sender.cancel()
-    outcomes = await asyncio.gather(in_pool, queued, return_exceptions=True)
+    outcomes = await asyncio.gather(pooled, queued, return_exceptions=True)
     run.release.set()
     assert all(isinstance(o, asyncio.CancelledError) for o in outcomes)
