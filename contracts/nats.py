@@ -358,7 +358,9 @@ class SchedulerPresence(msgspec.Struct, rename="camel", kw_only=True):
 
 
 def _token(value: UUID | str, what: str) -> str:
-    text = str(value)
+    if isinstance(value, UUID):  # always a valid token (hex and dashes); the relay names every event
+        return str(value)
+    text = value
     if not text or "." in text or any(c.isspace() for c in text):
         raise ValueError(f"invalid NATS subject token for {what}: {text!r}")
     return text

@@ -11,6 +11,7 @@ relay that publishes it again after a crash is de-duplicated by JetStream (`Nats
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Final
 from uuid import UUID, uuid5
@@ -65,11 +66,16 @@ def event_id(aggregate_id: UUID, version: int) -> UUID:
     return uuid5(aggregate_id, str(version))
 
 
-def _kind(event: Any) -> tuple[str, AggregateType]:
+@functools.cache  # per event class: the relay asks for every event it publishes
+def _class_kind(event_class: type[Any]) -> tuple[str, AggregateType]:
     for aggregate, name, kind in _AGGREGATES:
-        if isinstance(event, aggregate.Event):
+        if issubclass(event_class, aggregate.Event):
             return name, kind
-    raise TypeError(f"not an event libjobs publishes: {type(event).__qualname__}")
+    raise TypeError(f"not an event libjobs publishes: {event_class.__qualname__}")
+
+
+def _kind(event: Any) -> tuple[str, AggregateType]:
+    return _class_kind(type(event))
 
 
 def event_type(event: Any) -> str:
@@ -90,6 +96,7 @@ def origin_of(event: Any) -> Origin | None:
     return Origin(library_id, public_id)
 
 
+@functools.cache  # field names are few
 def _camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(part.title() for part in rest)
