@@ -66,16 +66,20 @@ def event_id(aggregate_id: UUID, version: int) -> UUID:
     return uuid5(aggregate_id, str(version))
 
 
-@functools.cache  # per event class: the relay asks for every event it publishes
-def _class_kind(event_class: type[Any]) -> tuple[str, AggregateType]:
-    for aggregate, name, kind in _AGGREGATES:
-        if issubclass(event_class, aggregate.Event):
-            return name, kind
-    raise TypeError(f"not an event libjobs publishes: {event_class.__qualname__}")
+_KINDS: dict[type[Any], tuple[str, AggregateType]] = {}  # per event class: asked for every event
 
 
 def _kind(event: Any) -> tuple[str, AggregateType]:
-    return _class_kind(type(event))
+    event_class = type(event)
+    found = _KINDS.get(event_class)
+    if found is None:
+        for aggregate, name, kind in _AGGREGATES:
+            if isinstance(event, aggregate.Event):
+                found = _KINDS[event_class] = (name, kind)
+                break
+        else:
+            raise TypeError(f"not an event libjobs publishes: {event_class.__qualname__}")
+    return found
 
 
 def event_type(event: Any) -> str:
