@@ -26,7 +26,7 @@ from service.domain.catalog import (
     Series,
     library_aggregate_id,
 )
-from service.domain.errors import Conflict, DomainError, NotFound, PreconditionFailed
+from service.domain.errors import Conflict, NotFound, PreconditionFailed
 from service.domain.jobs import (
     AlreadyClaimed,
     CreateDraft,
@@ -135,20 +135,21 @@ class LibraryJobs(Application[UUID]):
 
     def create_job(self, library_id: UUID, draft: CreateDraft, ctx: CommandContext) -> Saved:
         (created,) = self.create_jobs([JobRequest(library_id, draft, ctx)])
-        if isinstance(created, DomainError):
+        if isinstance(created, Exception):
             raise created
         return created
 
-    def create_jobs(self, requests: Sequence[JobRequest]) -> list[Saved | DomainError]:
+    def create_jobs(self, requests: Sequence[JobRequest]) -> list[Saved | Exception]:
         """`create_job` for many requests, the valid ones stored in one transaction: each request's
-        `Saved`, or the error that refuses it alone (validation, an unknown library). New aggregates
-        cannot conflict; an error of the store itself is raised, as it concerns them all."""
+        `Saved`, or the error that refuses it alone (validation, an unknown library, or a failure while
+        checking it: one request's trouble is never another's). New aggregates cannot conflict; an error
+        of the store while saving is raised, as it concerns them all."""
         jobs: list[LibraryJob] = []
-        outcomes: list[LibraryJob | DomainError] = []
+        outcomes: list[LibraryJob | Exception] = []
         for request in requests:
             try:
                 job = self._new_job(request)
-            except DomainError as e:
+            except Exception as e:  # handed to that request's caller alone, who reports it
                 outcomes.append(e)
                 continue
             jobs.append(job)
@@ -157,7 +158,7 @@ class LibraryJobs(Application[UUID]):
         position = {event.originator_id: at for at, event in saved}  # each job's last event
         return [
             outcome
-            if isinstance(outcome, DomainError)
+            if isinstance(outcome, Exception)
             else Saved(outcome.id, position[outcome.id], created=True)
             for outcome in outcomes
         ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
@@ -21,8 +22,9 @@ from service.bootstrap import Service
 from service.domain.catalog import Book, Library, Series, library_aggregate_id, series_aggregate_id
 from service.domain.errors import Conflict, NotFound, ValidationFailed
 from service.domain.jobs import LibraryJob, PatchDraft
-from service.settings import Settings
+from service.settings import PluginSpec, Settings
 from tests.integration.harness import (
+    PLUGIN,
     PROVIDER,
     StepClock,
     book_state,
@@ -255,6 +257,31 @@ async def test_creates_made_together_are_stored_in_one_transaction_and_each_hear
         found = service.models.job_json(library_id, result.id)
         assert found is not None
         assert json.loads(found[0])["name"] == f"Job {index}"
+
+
+async def test_a_create_that_fails_unexpectedly_fails_alone(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = PluginSpec(name="other", command=("false",), capabilities=("series", "book"))
+    async with running(replace(settings, plugins=(*settings.plugins, other))) as service:
+        library_id = await new_library(service)
+        lookup = service.commands.providers
+
+        def flaky(name: str) -> Any:  # a provider lookup that breaks for one of the two plugins
+            if name == PLUGIN:
+                raise RuntimeError("plugin directory failed")
+            return lookup(name)
+
+        monkeypatch.setattr(service.commands, "providers", flaky)
+        fine = job_draft("Fine")
+        fine = replace(fine, config=replace(fine.config, provider="plugin:other"))
+        outcomes = await asyncio.gather(
+            service.create_job(library_id, fine, ctx()),
+            service.create_job(library_id, job_draft("Broken"), ctx()),
+            return_exceptions=True,
+        )
+    assert isinstance(outcomes[0], Saved)
+    assert isinstance(outcomes[1], RuntimeError)
 
 
 async def test_a_restarted_service_serves_the_same_bytes(settings: Settings) -> None:
