@@ -59,14 +59,7 @@ from service.domain.errors import DomainError, NotFound, Unavailable, Validation
 from service.entrypoints.errors import INTERNAL_ERROR_MESSAGE, domain_error, error_body, undecodable
 from service.entrypoints.idempotency import Idempotency, Reply, check_key, fingerprint
 from service.entrypoints.translate import catalog_text, create_draft, dry_run_input, patch_draft
-from service.ports import (
-    CommandContext,
-    DryRun,
-    IdempotencyStore,
-    ReadModelQueries,
-    RunSync,
-    WaitForPosition,
-)
+from service.ports import CommandContext, DryRun, IdempotencyStore, ReadModelQueries, RunSync, WaitForPosition
 
 log = logging.getLogger("libjobs.nats")
 
